@@ -1,0 +1,90 @@
+"""File helpers shared by every package: hashing, atomic writes and root-confined paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from itmflow.errors import UnsafePathError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory entry so a rename inside it survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a half file.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the file
+    is renamed over the target; then the directory itself is fsynced.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def check_relative(rel: str, *, what: str = "path") -> str:
+    """Return ``rel`` normalised to POSIX form, refusing absolute paths and ``..`` components.
+
+    ``what`` names the field for the error message (e.g. ``"file in captions.jsonl line 3"``).
+    """
+    text = str(rel).replace("\\", "/")
+    pure = PurePosixPath(text)
+    if not text or pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise UnsafePathError(
+            f"{what} {rel!r} is absolute or empty; paths must be relative to the collection root"
+        )
+    if any(part == ".." for part in pure.parts):
+        raise UnsafePathError(
+            f"{what} {rel!r} escapes the collection root with '..'; move the file under the root"
+        )
+    return str(pure)
+
+
+def safe_join(root: str | os.PathLike[str], rel: str, *, what: str = "path") -> Path:
+    """Join ``rel`` under ``root`` and make sure the result (symlinks resolved) stays inside it."""
+    clean = check_relative(rel, what=what)
+    root_path = Path(root).resolve()
+    joined = (root_path / clean).resolve()
+    if joined != root_path and root_path not in joined.parents:
+        raise UnsafePathError(f"{what} {rel!r} resolves outside the collection root {root_path}")
+    return joined

@@ -1,0 +1,1 @@
+"""Command groups of the ``itmflow`` app; each module exposes ``register(app)``."""
