@@ -1,9 +1,86 @@
-"""`itmflow ingest` (placeholder until its issue lands: registers nothing yet)."""
+"""`itmflow ingest`: read a collection (Karpathy / COCO / Flickr30k / folder), validate it, write
+the collection table and a problem report, print a summary."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+from itmflow.errors import CollectionError, ConfigError
+
+
+def _print_summary(summary: dict[str, Any], problems: list, report: Path, out: Path) -> None:
+    """Two rich tables: the numbers, then the first problems."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"collection {out.name} ({summary['source_format']})", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    cpi = summary["captions_per_image"]
+    table.add_row("images", str(summary["images"]))
+    table.add_row("captions", str(summary["captions"]))
+    table.add_row("captions per image (min/median/max)", f"{cpi['min']} / {cpi['median']} / {cpi['max']}")
+    table.add_row("images without captions", str(summary["images_without_captions"]))
+    table.add_row("splits", ", ".join(f"{k} {v}" for k, v in sorted(summary["split_sizes"].items())))
+    for key in ("missing_files", "duplicate_image_ids", "duplicate_caption_ids", "empty_captions",
+                "captions_of_unknown_images", "unsafe_paths", "non_utf8_lines", "unreadable_images"):
+        value = summary[key]
+        shown = "not checked (--check-images)" if value is None else str(value)
+        table.add_row(key.replace("_", " "), f"[red]{shown}[/red]" if value else shown)
+    table.add_row("images root", summary["images_root"])
+    console.print(table)
+    if problems:
+        shown = Table(title=f"first problems ({len(problems)} in {report})")
+        for col in ("kind", "where", "message", "action"):
+            shown.add_column(col)
+        for p in problems[:10]:
+            shown.add_row(p.kind, p.where, p.message, p.action)
+        console.print(shown)
+
+
+def ingest(
+    source: Path = typer.Argument(..., help="Karpathy JSON, COCO caption JSON (or its folder), Flickr30k "
+                                            ".token/.csv, or the image folder."),
+    fmt: str = typer.Option(..., "--format", help="karpathy | coco | flickr30k | folder"),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images root the file names are relative "
+                                          "to (default: beside SOURCE; for folder: SOURCE)."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="folder only: captions .jsonl or .csv "
+                                            "(default: captions.jsonl / captions.csv in the folder)."),
+    karpathy: Optional[Path] = typer.Option(None, "--karpathy", help="coco / flickr30k: Karpathy split JSON "
+                                            "assigning train/restval/val/test."),
+    out: Path = typer.Option(..., "--out", help="Collection table to write (.parquet)."),
+    check_images: bool = typer.Option(False, "--check-images", help="Decode every image and count the "
+                                      "unreadable ones (slow for big collections)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Problem report (.json with summary, or "
+                                          ".jsonl one problem per line; default: OUT with .report.json)."),
+) -> None:
+    """Read a collection, validate it and write the collection table (one row per image)."""
+    from itmflow.files import sha256_file
+    from pipeline.collections.adapters import read_source
+    from pipeline.collections.table import write_collection
+    from pipeline.collections.validate import check_files, summarize, write_report
+
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out {out} must end in .parquet")
+    result = read_source(fmt, source, images_root=images, captions=captions, karpathy=karpathy)
+    if not result.builder.images:
+        raise CollectionError(f"{source}: no images found (format {fmt}); check SOURCE and --format")
+    check_files(result, check_images=check_images)
+    summary = summarize(result, checked_images=check_images)
+    report_path = report or out.with_name(out.stem + ".report.json")
+    write_report(report_path, summary, result.builder.problems)
+    sources = [{"name": p.name, "sha256": sha256_file(p)} for p in result.source_files]
+    counts = {k: v for k, v in summary.items() if k not in ("notes", "images_root")}
+    write_collection(out, result.builder.images, result.builder.captions, source_format=fmt,
+                     images_root=result.images_root, extra={"sources": sources, "summary": counts})
+    _print_summary(summary, result.builder.problems, report_path, out)
+    typer.echo(f"wrote {out} and {report_path}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add `itmflow ingest` to ``app``."""
+    app.command("ingest")(ingest)
