@@ -53,3 +53,7 @@ class CheckpointLayoutError(ItmflowError):
 
 class UnsafeCheckpointError(CheckpointLayoutError):
     """A pickled checkpoint asks to load an object outside the small allow-list."""
+
+
+class ModelInputError(ItmflowError):
+    """A batch or store does not fit a model (e.g. SGRAF needs exactly 36 regions per image)."""

@@ -1,0 +1,105 @@
+"""TERAN (Messina et al., TOMM 2021): TERN's encoders scored by a region-word alignment.
+
+Every output token and region is l2-normalised. The alignment drops the I-CLS and, on the text
+side, keeps the original positions ``1 .. L-3`` only ([CLS], the last word piece — usually the
+full stop — and [SEP] are excluded, as ``s_seq[:, 1:-2]`` with ``s_len - 3`` does in the authors'
+loss). ``A[r, w]`` = cosine(region r, word w); aggregations:
+
+- ``MrSw``: max over regions, sum over words (the paper's default);
+- ``MwSr``: max over words, sum over regions;
+- ``symm``: the sum of both.
+
+Maxima are taken over *valid* entries only. The authors fill masked entries with 0 before the max,
+which makes a score depend on how much padding its batch happened to have; with a fixed 36 regions
+and MrSw (the released models) both definitions coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainers.models.tern import TernConfig, TransformerEncoders
+
+Aggregation = Literal["MrSw", "MwSr", "symm"]
+
+
+@dataclass
+class TeranConfig(TernConfig):
+    """TERAN sizes; defaults are ``configs/teran_coco_MrSw.yaml``."""
+
+    shared_transformer: bool = False
+    aggregation: Aggregation = "MrSw"
+
+
+def _masked_max(x: Tensor, valid: Tensor, dim: int) -> Tensor:
+    """Max over ``dim`` of the valid entries; 0 where no entry is valid."""
+    filled = x.masked_fill(~valid, float("-inf"))
+    out = filled.amax(dim=dim)
+    return torch.where(valid.any(dim=dim), out, out.new_zeros(()))
+
+
+def alignment_scores(regions: Tensor, region_mask: Tensor, words: Tensor, word_mask: Tensor,
+                     aggregation: Aggregation = "MrSw") -> Tensor:
+    """Vectorised TERAN score of every image against every caption → ``[n_img, n_cap]``.
+
+    ``regions [Ni, R, E]`` / ``words [Nc, W, E]`` are unit vectors, masks are boolean. Memory is
+    ``Ni·Nc·R·W`` floats; callers bound it by the block size.
+    """
+    a = torch.einsum("ire,cwe->icrw", regions, words.to(regions))
+    valid = region_mask[:, None, :, None] & word_mask[None, :, None, :]
+    if aggregation not in ("MrSw", "MwSr", "symm"):
+        raise ValueError(f"unknown TERAN aggregation {aggregation!r}")
+    score = a.new_zeros(a.shape[:2])
+    if aggregation in ("MrSw", "symm"):
+        per_word = _masked_max(a, valid, dim=2)                   # [Ni, Nc, W]
+        score = score + per_word.masked_fill(~word_mask[None], 0).sum(dim=2)
+    if aggregation in ("MwSr", "symm"):
+        per_region = _masked_max(a, valid, dim=3)                 # [Ni, Nc, R]
+        score = score + per_region.masked_fill(~region_mask[:, None], 0).sum(dim=2)
+    return score
+
+
+class TERAN(TransformerEncoders):
+    """TERAN; embeddings are dicts of per-token unit vectors with masks (plus the global CLS)."""
+
+    kind = "teran"
+    config: TeranConfig
+
+    def __init__(self, config: TeranConfig | None = None):
+        super().__init__(config or TeranConfig())
+
+    def encode_images(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``regions [B, K, E]`` (I-CLS dropped), ``region_mask [B, K]``, ``global [B, E]``."""
+        tokens, valid = self.image_tokens(images)
+        tokens = F.normalize(tokens, p=2, dim=2)
+        return {"regions": tokens[:, 1:], "region_mask": valid[:, 1:], "global": tokens[:, 0]}
+
+    def encode_captions(self, captions: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``words [B, W, E]`` = original positions 1..L-3, ``word_mask [B, W]``, ``global``."""
+        tokens, valid = self.caption_tokens(captions)
+        tokens = F.normalize(tokens, p=2, dim=2)
+        lengths = valid.sum(dim=1)
+        n_words = (lengths - 3).clamp(min=0)
+        width = max(int(n_words.max().item()) if n_words.numel() else 0, 1)
+        words = tokens[:, 1:1 + width]
+        if words.shape[1] < width:  # captions of fewer than 4 tokens only
+            words = torch.cat([words, words.new_zeros(words.shape[0], width - words.shape[1],
+                                                      words.shape[2])], dim=1)
+        word_mask = torch.arange(width, device=tokens.device)[None] < n_words[:, None]
+        return {"words": words, "word_mask": word_mask, "global": tokens[:, 0]}
+
+    def similarity(self, img_emb: dict[str, Tensor], cap_emb: dict[str, Tensor]) -> Tensor:
+        return alignment_scores(img_emb["regions"], img_emb["region_mask"], cap_emb["words"],
+                                cap_emb["word_mask"], self.config.aggregation)
+
+    def global_embeddings(self, emb: dict[str, Tensor]) -> Tensor:
+        """The l2-normalised I-CLS / T-CLS vectors (unused by the alignment, handy for search)."""
+        return emb["global"]
+
+
+__all__ = ["TERAN", "TeranConfig", "alignment_scores"]
