@@ -1,0 +1,80 @@
+"""A columnar block of region rows: the one in-memory shape both part formats read and write.
+
+Per-region fields are flat arrays over all regions of the block (``features`` is ``[R, D]``) and
+``offsets`` (``n + 1`` entries) says which regions belong to which row, so fixed K and variable K
+share one code path. Rows handed out by :meth:`Block.row` are views into the block (no copy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from stores.schema import REGION_FIELDS, SCALAR_FIELDS
+
+
+@dataclass
+class Block:
+    """``n`` rows in columnar form. Absent region fields are ``None``."""
+
+    image_id: list[str]
+    file: list[str]
+    width: np.ndarray
+    height: np.ndarray
+    num_regions: np.ndarray
+    offsets: np.ndarray
+    features: np.ndarray
+    regions: dict[str, np.ndarray | None]
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], feature_dim: int, dtype: np.dtype,
+                  present: Sequence[str]) -> "Block":
+        """Stack validated rows (see :func:`stores.schema.validate_row`)."""
+        counts = np.array([r["num_regions"] for r in rows], dtype=np.int64)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        if rows:
+            features = np.concatenate([r["features"] for r in rows], axis=0)
+        else:
+            features = np.zeros((0, feature_dim), dtype=dtype)
+        regions: dict[str, np.ndarray | None] = {}
+        for name, (fdtype, width) in REGION_FIELDS.items():
+            if name not in present:
+                regions[name] = None
+            elif rows:
+                regions[name] = np.concatenate([r[name] for r in rows], axis=0)
+            else:
+                regions[name] = np.zeros((0, width) if width else (0,), dtype=fdtype)
+        return cls(image_id=[r["image_id"] for r in rows], file=[r["file"] for r in rows],
+                   width=np.array([r["width"] for r in rows], dtype=SCALAR_FIELDS["width"]),
+                   height=np.array([r["height"] for r in rows], dtype=SCALAR_FIELDS["height"]),
+                   num_regions=counts.astype(SCALAR_FIELDS["num_regions"]), offsets=offsets,
+                   features=features, regions=regions)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as the contract's dict (arrays are views into the block)."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        out: dict[str, Any] = {"image_id": self.image_id[i], "file": self.file[i],
+                               "width": int(self.width[i]), "height": int(self.height[i]),
+                               "num_regions": int(self.num_regions[i])}
+        for name, arr in self.regions.items():
+            out[name] = None if arr is None else arr[a:b]
+        out["features"] = self.features[a:b]
+        return out
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """All rows in order."""
+        for i in range(len(self)):
+            yield self.row(i)
+
+    def fixed_k(self) -> int | None:
+        """K when every row of the block has the same count (None for an empty or mixed block)."""
+        if len(self) == 0:
+            return None
+        k = int(self.num_regions[0])
+        return k if bool((self.num_regions == k).all()) else None

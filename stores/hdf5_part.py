@@ -1,0 +1,142 @@
+"""HDF5 part files.
+
+Layout of ``part-NNNNN.h5`` (root group; ``R`` = total regions of the part):
+
+* ``image_id``, ``file``: variable-length UTF-8 strings ``[n]``; ``width``, ``height`` int32 ``[n]``;
+  ``num_regions`` int16 ``[n]``; ``offsets`` int64 ``[n+1]`` (row i owns regions ``offsets[i]:offsets[i+1]``).
+* ``features`` ``[R, D]`` float16/float32, chunked ``(K, D)`` so that for fixed K one chunk is one
+  image (a lookup touches exactly one chunk and fits h5py's 1 MiB chunk cache); variable K uses
+  36-region chunks. ``boxes`` ``[R,4]``, ``geometry`` ``[R,5]``, ``object_ids``/``attr_ids`` int16 ``[R]``,
+  ``object_conf``/``attr_conf`` float32 ``[R]`` (contiguous: they are small).
+* No compression: float features compress by 0-25% and any filter costs read time (spec §3.2).
+
+The file is built in memory (core driver) and written in one go by the committer, so the bytes on
+disk are hashed while they are written and no half-written HDF5 file can ever be named a part.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from itmflow.errors import StoreCorruptError
+from stores.block import Block
+from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
+
+_VARIABLE_CHUNK_REGIONS = 36
+
+
+def encode_part(block: Block, settings: StoreSettings) -> bytes:
+    """The bytes of an HDF5 part holding ``block``."""
+    n_regions = int(block.offsets[-1])
+    dim = settings.feature_dim
+    fid = h5py.File(f"itmflow-part-{id(block)}.h5", "w", driver="core", backing_store=False,
+                    track_order=False)
+    try:
+        fid.attrs["format"] = FORMAT
+        fid.attrs["schema_version"] = SCHEMA_VERSION
+        fid.attrs["feature_dim"] = dim
+        fid.attrs["feature_dtype"] = settings.feature_dtype
+        str_type = h5py.string_dtype("utf-8")
+        fid.create_dataset("image_id", data=np.array(block.image_id, dtype=object), dtype=str_type)
+        fid.create_dataset("file", data=np.array(block.file, dtype=object), dtype=str_type)
+        for name in SCALAR_FIELDS:
+            fid.create_dataset(name, data=getattr(block, name))
+        fid.create_dataset("offsets", data=block.offsets.astype(np.int64))
+        for name, arr in block.regions.items():
+            if arr is not None:
+                fid.create_dataset(name, data=arr)
+        chunk_rows = settings.fixed_k or _VARIABLE_CHUNK_REGIONS
+        chunks = (min(chunk_rows, n_regions), dim) if n_regions else None
+        fid.create_dataset("features", data=block.features, chunks=chunks)
+        fid.flush()
+        return fid.id.get_file_image()
+    finally:
+        fid.close()
+
+
+class HDF5PartReader:
+    """Reads one HDF5 part; the file opens on first use (so a reader can be built, then forked)."""
+
+    def __init__(self, path: str | os.PathLike[str], settings: StoreSettings) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self._fid: h5py.File | None = None
+        self._pid = -1
+        self._open()
+        self.num_rows = len(self._offsets) - 1
+
+    def _open(self) -> h5py.File:
+        # A handle inherited through fork shares libhdf5 state with the parent and can return wrong
+        # data (pytorch #11929); reopen in every process.
+        if self._fid is None or self._pid != os.getpid():
+            try:
+                self._fid = h5py.File(self.path, "r")
+                self._offsets = self._fid["offsets"][()]
+            except (OSError, KeyError) as exc:
+                raise StoreCorruptError(f"{self.path}: not a readable region part ({exc}); run "
+                                        "`itmflow store verify`") from exc
+            self._pid = os.getpid()
+            missing = [n for n in ("image_id", "file", *SCALAR_FIELDS, "features",
+                                   *self.settings.present_region_fields()) if n not in self._fid]
+            if missing:
+                raise StoreCorruptError(f"{self.path}: datasets {missing} are missing; the part does not "
+                                        "match the manifest")
+            self._scalars = {n: self._fid[n][()] for n in SCALAR_FIELDS}
+            self._files: list[str] | None = None
+        return self._fid
+
+    def ids(self) -> list[str]:
+        """The image ids in row order."""
+        return list(self._open()["image_id"].asstr()[()])
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` of the part."""
+        fid = self._open()
+        if self._files is None:
+            self._files = list(fid["file"].asstr()[()])
+            self._ids = list(fid["image_id"].asstr()[()])
+        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+        out: dict[str, Any] = {"image_id": self._ids[i], "file": self._files[i]}
+        for name in SCALAR_FIELDS:
+            out[name] = int(self._scalars[name][i])
+        for name in REGION_FIELDS:
+            out[name] = None if name in self.settings.absent_fields else fid[name][a:b]
+        out["features"] = fid["features"][a:b]
+        return out
+
+    def read_block(self, start: int, stop: int) -> Block:
+        """Rows ``start:stop`` as a block."""
+        fid = self._open()
+        a, b = int(self._offsets[start]), int(self._offsets[stop])
+        where = f"{self.path} rows {start}-{stop - 1}"
+        feats = fid["features"][a:b]
+        if feats.shape[1:] != (self.settings.feature_dim,) or feats.dtype != self.settings.dtype:
+            raise StoreCorruptError(f"{where}: features are {feats.dtype}{list(feats.shape)}, the manifest "
+                                    f"says {self.settings.feature_dtype}[*, {self.settings.feature_dim}]")
+        regions: dict[str, np.ndarray | None] = {}
+        for name in REGION_FIELDS:
+            regions[name] = None if name in self.settings.absent_fields else fid[name][a:b]
+        counts = self._scalars["num_regions"][start:stop]
+        if not np.array_equal(np.diff(self._offsets[start:stop + 1]), counts):
+            raise StoreCorruptError(f"{where}: offsets disagree with num_regions")
+        return Block(image_id=list(fid["image_id"].asstr()[start:stop]),
+                     file=list(fid["file"].asstr()[start:stop]),
+                     width=self._scalars["width"][start:stop], height=self._scalars["height"][start:stop],
+                     num_regions=counts, offsets=self._offsets[start:stop + 1] - a,
+                     features=feats, regions=regions)
+
+    def blocks(self, rows_per_block: int = 64) -> Iterator[Block]:
+        """Blocks covering the part in order."""
+        for start in range(0, self.num_rows, rows_per_block):
+            yield self.read_block(start, min(self.num_rows, start + rows_per_block))
+
+    def close(self) -> None:
+        """Close the file (if this process opened it)."""
+        if self._fid is not None and self._pid == os.getpid():
+            self._fid.close()
+        self._fid = None

@@ -1,0 +1,81 @@
+"""The region store manifest: the only truth readers trust (what is committed, with which settings)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from itmflow.errors import SchemaVersionError, StoreCorruptError, StoreError
+from itmflow.files import atomic_write_json
+from itmflow.provenance import provenance
+from stores.schema import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, StoreSettings
+
+
+def manifest_path(store: str | os.PathLike[str]) -> Path:
+    """``<store>/manifest.json``."""
+    return Path(store) / MANIFEST_NAME
+
+
+def new_manifest(settings: StoreSettings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A manifest for an empty store with ``settings``."""
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, **settings.to_manifest(),
+            "extra": dict(extra or {}), "provenance": provenance(), "parts": [], "num_rows": 0,
+            "num_regions": 0}
+
+
+def check_manifest(doc: Any, where: Path) -> dict[str, Any]:
+    """Check format and schema version; raise a clear error otherwise."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise StoreError(f"{where} is not a region store manifest (format is not {FORMAT!r})")
+    version = doc.get("schema_version")
+    if not isinstance(version, int):
+        raise StoreCorruptError(f"{where}: schema_version is missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(f"{where} has schema_version {version}, newer than this itmflow reads "
+                                 f"({SCHEMA_VERSION}); upgrade itmflow to read it")
+    if version < 1:
+        raise SchemaVersionError(f"{where} has unknown schema_version {version}")
+    for key in ("storage", "feature_dim", "feature_dtype", "region_policy", "parts"):
+        if key not in doc:
+            raise StoreCorruptError(f"{where}: required key {key!r} is missing; the manifest was edited "
+                                    "or truncated")
+    for i, part in enumerate(doc["parts"]):
+        if not isinstance(part, dict) or not {"file", "rows", "sha256", "bytes"} <= set(part):
+            raise StoreCorruptError(f"{where}: parts[{i}] lacks file/rows/sha256/bytes")
+        if "/" in part["file"] or "\\" in part["file"] or part["file"].startswith("."):
+            raise StoreCorruptError(f"{where}: parts[{i}] names {part['file']!r}, which is not a part file "
+                                    "inside the store")
+    return doc
+
+
+def load_manifest(store: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``<store>/manifest.json``."""
+    path = manifest_path(store)
+    if not path.is_file():
+        raise StoreError(f"{Path(store)} is not a region store: {MANIFEST_NAME} is missing "
+                         "(create one with `itmflow extract` or `itmflow store import`)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreCorruptError(f"{path} cannot be parsed ({exc}); restore it from a backup") from exc
+    return check_manifest(doc, path)
+
+
+def save_manifest(store: str | os.PathLike[str], doc: dict[str, Any]) -> None:
+    """Rewrite the manifest atomically (temporary file + fsync + rename)."""
+    doc["num_rows"] = sum(int(p["rows"]) for p in doc["parts"])
+    doc["num_regions"] = sum(int(p.get("regions", 0)) for p in doc["parts"])
+    atomic_write_json(manifest_path(store), doc)
+
+
+def settings_mismatch(recorded: StoreSettings, wanted: StoreSettings) -> list[str]:
+    """Human-readable differences, one per field (empty when the settings agree)."""
+    out = []
+    a, b = recorded.to_manifest(), wanted.to_manifest()
+    for key in a:
+        if a[key] != b[key]:
+            out.append(f"{key}: store has {json.dumps(a[key], sort_keys=True)}, "
+                       f"this run asks for {json.dumps(b[key], sort_keys=True)}")
+    return out

@@ -1,0 +1,214 @@
+"""Region store contract v1: field names, dtypes, manifest constants and row validation.
+
+Everything that decides what a valid row is lives here, so the Parquet and HDF5 part writers, the
+readers, verify and the importers agree on one definition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from itmflow.errors import StoreError
+
+FORMAT = "itmflow.regions"
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FAILURES_NAME = "failures.jsonl"
+PART_PREFIX = "part-"
+#: storage name -> part file suffix
+STORAGES: dict[str, str] = {"parquet": ".parquet", "hdf5": ".h5"}
+FEATURE_DTYPES: tuple[str, ...] = ("float16", "float32")
+#: Region-policy kinds. ``fixed``: every row has exactly ``k`` regions (detector, 36 boxes).
+#: ``adaptive``: the BUTD 10-100 rule. ``variable``: imported features whose K varies.
+POLICY_KINDS: tuple[str, ...] = ("fixed", "adaptive", "variable")
+
+#: Per-image scalars and their stored dtypes.
+SCALAR_FIELDS: dict[str, np.dtype] = {
+    "width": np.dtype(np.int32),
+    "height": np.dtype(np.int32),
+    "num_regions": np.dtype(np.int16),
+}
+#: Per-region arrays other than the features: dtype and trailing width (None = one value per region).
+REGION_FIELDS: dict[str, tuple[np.dtype, int | None]] = {
+    "boxes": (np.dtype(np.float32), 4),
+    "geometry": (np.dtype(np.float32), 5),
+    "object_ids": (np.dtype(np.int16), None),
+    "object_conf": (np.dtype(np.float32), None),
+    "attr_ids": (np.dtype(np.int16), None),
+    "attr_conf": (np.dtype(np.float32), None),
+}
+#: Fields a store may declare absent (imported features whose source has no boxes or labels).
+OPTIONAL_FIELDS: tuple[str, ...] = tuple(REGION_FIELDS)
+STRING_FIELDS: tuple[str, ...] = ("image_id", "file")
+ALL_FIELDS: tuple[str, ...] = STRING_FIELDS + tuple(SCALAR_FIELDS) + tuple(REGION_FIELDS) + ("features",)
+
+_PART_RE = re.compile(r"^part-(\d{5,})\.(parquet|h5)$")
+
+
+def part_name(index: int, storage: str) -> str:
+    """File name of part number ``index`` (``part-00003.parquet``)."""
+    return f"{PART_PREFIX}{index:05d}{STORAGES[storage]}"
+
+
+def is_part_name(name: str) -> bool:
+    """True for names a writer gives to part files (committed or debris)."""
+    return bool(_PART_RE.match(name))
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temporary names a writer uses before a rename (always debris when found)."""
+    return name.startswith(".part-") and ".tmp" in name
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Everything that must be equal for two runs to write into the same store."""
+
+    storage: str = "parquet"
+    feature_dim: int = 2048
+    feature_dtype: str = "float16"
+    region_policy: dict[str, Any] = field(default_factory=lambda: {"kind": "fixed", "k": 36})
+    detector: dict[str, Any] = field(default_factory=dict)
+    absent_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.storage not in STORAGES:
+            raise StoreError(f"storage {self.storage!r} is unknown; use one of {sorted(STORAGES)}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise StoreError(f"feature_dtype {self.feature_dtype!r} is unknown; use float16 or float32")
+        if not isinstance(self.feature_dim, int) or self.feature_dim <= 0:
+            raise StoreError(f"feature_dim must be a positive integer, got {self.feature_dim!r}")
+        kind = self.region_policy.get("kind")
+        if kind not in POLICY_KINDS:
+            raise StoreError(f"region_policy kind {kind!r} is unknown; use one of {POLICY_KINDS}")
+        if kind == "fixed" and not (isinstance(self.region_policy.get("k"), int) and self.region_policy["k"] > 0):
+            raise StoreError(f"region_policy {self.region_policy} needs a positive integer 'k'")
+        bad = set(self.absent_fields) - set(OPTIONAL_FIELDS)
+        if bad:
+            raise StoreError(f"absent_fields {sorted(bad)} cannot be absent; only {OPTIONAL_FIELDS} may be")
+        object.__setattr__(self, "absent_fields", tuple(sorted(set(self.absent_fields))))
+
+    @property
+    def fixed_k(self) -> int | None:
+        """K when every row has the same number of regions, else None."""
+        return int(self.region_policy["k"]) if self.region_policy["kind"] == "fixed" else None
+
+    @property
+    def max_k(self) -> int | None:
+        """Upper bound on K from the policy (None when unbounded)."""
+        if self.fixed_k is not None:
+            return self.fixed_k
+        value = self.region_policy.get("max")
+        return int(value) if value is not None else None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype of stored features."""
+        return np.dtype(self.feature_dtype)
+
+    def present_region_fields(self) -> tuple[str, ...]:
+        """The per-region fields (other than features) this store holds."""
+        return tuple(f for f in REGION_FIELDS if f not in self.absent_fields)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest keys these settings own."""
+        return {"storage": self.storage, "feature_dim": self.feature_dim,
+                "feature_dtype": self.feature_dtype, "region_policy": dict(self.region_policy),
+                "detector": dict(self.detector), "absent_fields": list(self.absent_fields)}
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "StoreSettings":
+        """Settings recorded in a manifest."""
+        return cls(storage=manifest["storage"], feature_dim=int(manifest["feature_dim"]),
+                   feature_dtype=manifest["feature_dtype"], region_policy=dict(manifest["region_policy"]),
+                   detector=dict(manifest.get("detector") or {}),
+                   absent_fields=tuple(manifest.get("absent_fields") or ()))
+
+
+def geometry_from_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """TERN eq. 2: x1/W, y1/H, x2/W, y2/H, area/(W·H) as float32 [K,5]."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w, h = float(width), float(height)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (w * h)
+    return np.stack([b[:, 0] / w, b[:, 1] / h, b[:, 2] / w, b[:, 3] / h, area], axis=1).astype(np.float32)
+
+
+def _as_int(value: Any, name: str, where: str) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise StoreError(f"{where}: field {name!r} must be an integer, got {value!r}") from None
+    if out != value and not isinstance(value, (np.integer, int)):
+        raise StoreError(f"{where}: field {name!r} must be an integer, got {value!r}")
+    return out
+
+
+def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str = "row") -> dict[str, Any]:
+    """Check ``row`` against the contract and return it normalised (stored dtypes, C-contiguous).
+
+    Float32 features are cast to the store's feature dtype. Raises :class:`StoreError` naming the
+    image_id and the field for a missing field, a wrong shape, a wrong feature dimension, a K that
+    breaks the region policy, or non-finite features.
+    """
+    image_id = row.get("image_id")
+    if not isinstance(image_id, str) or not image_id:
+        raise StoreError(f"{where}: image_id must be a non-empty string, got {image_id!r}")
+    where = f"{where} (image_id {image_id!r})"
+    file = row.get("file")
+    if not isinstance(file, str):
+        raise StoreError(f"{where}: field 'file' must be a string (path relative to the collection root)")
+    feats = row.get("features")
+    if feats is None:
+        raise StoreError(f"{where}: field 'features' is missing")
+    feats = np.asarray(feats)
+    if feats.ndim != 2:
+        raise StoreError(f"{where}: features must be [K, {settings.feature_dim}], got shape {feats.shape}")
+    if feats.shape[1] != settings.feature_dim:
+        raise StoreError(f"{where}: features have dimension {feats.shape[1]} but the store's feature_dim is "
+                         f"{settings.feature_dim}; write to a store created with feature_dim={feats.shape[1]}")
+    if feats.dtype.kind != "f":
+        raise StoreError(f"{where}: features must be floating point, got {feats.dtype}")
+    k = feats.shape[0]
+    if row.get("num_regions") is not None and _as_int(row["num_regions"], "num_regions", where) != k:
+        raise StoreError(f"{where}: num_regions is {row['num_regions']} but features have {k} rows")
+    if settings.fixed_k is not None and k != settings.fixed_k:
+        raise StoreError(f"{where}: {k} regions but the store's region policy is fixed K={settings.fixed_k}")
+    if settings.max_k is not None and k > settings.max_k:
+        raise StoreError(f"{where}: {k} regions exceed the policy's max {settings.max_k}")
+    if k > np.iinfo(np.int16).max:
+        raise StoreError(f"{where}: {k} regions do not fit num_regions (int16)")
+    stored = np.ascontiguousarray(feats, dtype=settings.dtype)
+    if not np.isfinite(stored).all():
+        bad = int(np.argwhere(~np.isfinite(stored))[0][0])
+        raise StoreError(f"{where}: features of region {bad} are not finite (NaN/inf, or too large for "
+                         f"{settings.feature_dtype}); fix the extractor or store float32")
+    out: dict[str, Any] = {"image_id": image_id, "file": file}
+    for name, dtype in SCALAR_FIELDS.items():
+        value = k if name == "num_regions" else row.get(name)
+        if value is None:
+            raise StoreError(f"{where}: field {name!r} is missing")
+        value = _as_int(value, name, where)
+        if value < 0 or value > np.iinfo(dtype).max:
+            raise StoreError(f"{where}: field {name!r} = {value} is out of range for {dtype}")
+        out[name] = value
+    for name, (dtype, width) in REGION_FIELDS.items():
+        value = row.get(name)
+        if name in settings.absent_fields:
+            out[name] = None
+            continue
+        if value is None:
+            raise StoreError(f"{where}: field {name!r} is missing (the store's manifest does not list it "
+                             "as absent)")
+        arr = np.asarray(value)
+        want = (k, width) if width is not None else (k,)
+        if arr.shape != want:
+            raise StoreError(f"{where}: field {name!r} has shape {arr.shape}, expected {want}")
+        if dtype.kind == "i" and arr.dtype.kind == "f":
+            raise StoreError(f"{where}: field {name!r} must hold integers, got {arr.dtype}")
+        out[name] = np.ascontiguousarray(arr, dtype=dtype)
+    out["features"] = stored
+    return out
