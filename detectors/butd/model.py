@@ -1,0 +1,244 @@
+"""The BUTD network (:class:`BUTDModel`) and the detector around it (:class:`BUTDDetector`).
+
+``BUTDModel`` composes the parts: :class:`~detectors.butd.backbone.ResNetC4` →
+:class:`~detectors.butd.rpn.RPN` → :class:`~detectors.butd.roi_heads.RoIHeads`.
+``BUTDDetector`` implements :class:`detectors.base.Detector`: it pads a batch of prepared images,
+runs the network (fp32, or bf16/fp16 autocast on request) and selects each image's regions with
+:mod:`detectors.butd.postprocess`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detectors.base import REGION_KEYS, PreparedImage, VGVocab
+from detectors.butd.backbone import ResNetC4
+from detectors.butd.postprocess import SELECTIONS, RegionPolicy, regions_for_image
+from detectors.butd.preprocess import PIXEL_MEANS_BGR, batch_images
+from detectors.butd.roi_heads import RoIHeads, RoIOutputs
+from detectors.butd.rpn import RPN, RPNSettings
+from itmflow.errors import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DETECTOR_NAME = "butd-r101-vg"
+
+
+@dataclass
+class BUTDSettings:
+    """Everything that changes the detector's output (defaults: the Caffe BUTD test settings)."""
+
+    min_size: int = 600
+    max_size: int = 1000
+    regions: str = "36"
+    selection: str = "caffe"
+    pre_nms_topk: int = 6000
+    post_nms_topk: int = 300
+    rpn_nms_thresh: float = 0.7
+    rpn_min_size: float = 16.0
+    class_nms_thresh: float = 0.3
+    conf_thresh: float = 0.2
+    precision: str = "fp32"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first impossible value."""
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection {self.selection!r} is not one of {SELECTIONS}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {tuple(PRECISIONS)}")
+        if not 0 < self.min_size <= self.max_size:
+            raise ConfigError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
+        if self.post_nms_topk < 1 or self.pre_nms_topk < self.post_nms_topk:
+            raise ConfigError("need 1 <= post_nms_topk <= pre_nms_topk, got "
+                              f"{self.post_nms_topk}, {self.pre_nms_topk}")
+        self.policy()
+
+    def policy(self) -> RegionPolicy:
+        """The region policy these settings describe."""
+        base = RegionPolicy.parse(self.regions)
+        return RegionPolicy(base.min_boxes, base.max_boxes, self.conf_thresh, self.class_nms_thresh)
+
+
+class BUTDModel(nn.Module):
+    """ResNet-101 C4 Faster R-CNN with the VG attribute head; canonical state-dict keys."""
+
+    def __init__(self, rpn_settings: RPNSettings | None = None, objectness: str = "sigmoid") -> None:
+        super().__init__()
+        self.backbone = ResNetC4()
+        self.proposal_generator = RPN(self.backbone.out_channels, 512, objectness, rpn_settings)
+        self.roi_heads = RoIHeads(res5_dilation=2)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, sizes: list[tuple[int, int]], scales: list[float],
+                ) -> tuple[list[torch.Tensor], RoIOutputs]:
+        """Proposals per image (resized px) and the head's outputs for all of them, concatenated."""
+        features, mask = self.backbone(images, sizes)
+        proposals = [boxes for boxes, _ in self.proposal_generator(features, mask, sizes, scales)]
+        return proposals, self.roi_heads(features, proposals)
+
+
+def random_init_(model: BUTDModel, seed: int = 0) -> BUTDModel:
+    """Seeded random weights that keep activations in a sensible range through 100+ layers.
+
+    Convs get He-normal weights; frozen BNs get random statistics and affine terms, with the last
+    BN of every residual branch scaled down so the residual sums do not blow up; the heads get
+    scales that give peaked (not uniform) class probabilities. Only for smoke runs and tests.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(t: torch.Tensor, std: float) -> None:
+        t.copy_(torch.randn(t.shape, generator=gen) * std)
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                normal(module.weight, math.sqrt(2.0 / fan_in))
+                if module.bias is not None:
+                    normal(module.bias, 0.1)
+            norm = getattr(module, "norm", None)
+            if norm is not None:
+                c = norm.weight.shape[0]
+                branch_end = name.endswith("conv3")
+                norm.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                norm.running_var.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
+                norm.weight.copy_((torch.rand(c, generator=gen) * 0.5 + 0.5) * (0.2 if branch_end else 1.0))
+                norm.bias.copy_(torch.randn(c, generator=gen) * 0.05)
+        pred = model.roi_heads.box_predictor
+        head = model.proposal_generator.rpn_head
+        normal(head.objectness_logits.weight, 0.05)
+        normal(head.anchor_deltas.weight, 0.005)
+        head.anchor_deltas.bias.zero_()
+        # pooled features of this random net have an RMS of a few tens: these scales give logits
+        # and deltas of order 1 (peaked but varied class / attribute probabilities)
+        for layer, std in ((pred.cls_score, 0.002), (pred.bbox_pred, 0.0002), (pred.fc_attr, 0.001),
+                           (pred.attr_score, 0.1)):
+            normal(layer.weight, std)
+            normal(layer.bias, 0.01)
+        # the pooled features are all positive with a large shared component; zero-mean rows keep
+        # one class from winning every region
+        pred.cls_score.weight -= pred.cls_score.weight.mean(dim=1, keepdim=True)
+        normal(pred.cls_embedding.weight, 1.0)
+    return model
+
+
+class BUTDDetector:
+    """The bottom-up-attention detector behind the :class:`detectors.base.Detector` protocol."""
+
+    name = DETECTOR_NAME
+
+    def __init__(self, model: BUTDModel, settings: BUTDSettings, *, device: str = "cpu",
+                 weights_file: str | None = None, weights_sha256: str | None = None,
+                 weights_layout: str | None = None, vocab: VGVocab | None = None,
+                 random_init: bool = False, seed: int | None = None) -> None:
+        settings.validate()
+        self.settings_obj = settings
+        self.policy = settings.policy()
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.weights_file = weights_file
+        self.weights_sha256 = weights_sha256
+        self.weights_layout = weights_layout
+        self.vocab = vocab
+        self.random_init = random_init
+        self.seed = seed
+        rpn = self.model.proposal_generator.settings
+        rpn.pre_nms_topk, rpn.post_nms_topk = settings.pre_nms_topk, settings.post_nms_topk
+        rpn.nms_thresh, rpn.min_size = settings.rpn_nms_thresh, settings.rpn_min_size
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes the output (for store manifests)."""
+        out = asdict(self.settings_obj)
+        out.update(name=self.name, backbone="resnet101-c4 caffe", pixel_means_bgr=list(PIXEL_MEANS_BGR),
+                   roi_pool=14, res5="stride1-dilation2", box_coding="legacy+1",
+                   region_policy=self.policy.as_dict(), weights_layout=self.weights_layout,
+                   random_init=self.random_init)
+        if self.random_init:
+            out["seed"] = self.seed
+        return out
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.settings_obj.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def detect(self, batch: list[PreparedImage]) -> list[dict[str, Any]]:
+        """One region dict per prepared image (keys :data:`detectors.base.REGION_KEYS`)."""
+        if not batch:
+            return []
+        images, sizes = batch_images(batch)
+        scales = [p.scale for p in batch]
+        with self._autocast():
+            proposals, outs = self.model(images.to(self.device), sizes, scales)
+        results = []
+        start = 0
+        for i, prep in enumerate(batch):
+            n = len(proposals[i])
+            sl = slice(start, start + n)
+            start += n
+            region = regions_for_image(
+                proposals[i].float(), outs.features[sl], outs.cls_prob[sl], outs.box_deltas[sl],
+                outs.attr_prob[sl], scale=prep.scale, resized_size=sizes[i],
+                orig_size=(prep.orig_height, prep.orig_width), policy=self.policy,
+                selection=self.settings_obj.selection)
+            assert set(region) == set(REGION_KEYS)
+            results.append(region)
+        return results
+
+    def label(self, object_id: int, attr_id: int | None = None) -> str:
+        """"attribute object" with vocabulary names, or numeric ids without a vocabulary."""
+        obj = self.vocab.object_name(object_id) if self.vocab else f"obj{object_id}"
+        if attr_id is None:
+            return obj
+        attr = self.vocab.attribute_name(attr_id) if self.vocab else f"attr{attr_id}"
+        return f"{attr} {obj}"
+
+
+def build_detector(weights: str | None, *, random_init: bool = False, seed: int = 0,
+                   device: str = "cpu", regions: str = "36", min_size: int = 600,
+                   max_size: int = 1000, precision: str = "fp32",
+                   vocab_dir: str | Path | None = None, selection: str = "caffe",
+                   pre_nms_topk: int = 6000, post_nms_topk: int = 300) -> BUTDDetector:
+    """Build the detector from a checkpoint (path, URL or hub id) or with seeded random weights.
+
+    The VG vocabulary is read from ``vocab_dir`` or, failing that, from the weights' directory;
+    without one, ids stay numeric.
+    """
+    if (weights is None) == (not random_init):
+        raise ConfigError("give exactly one of a weights path (--weights) or random_init "
+                          "(--random-init)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but torch sees no CUDA device; use --device cpu")
+    settings = BUTDSettings(min_size=min_size, max_size=max_size, regions=str(regions),
+                            selection=selection, pre_nms_topk=pre_nms_topk,
+                            post_nms_topk=post_nms_topk, precision=precision)
+    settings.validate()
+    model = BUTDModel()
+    if random_init:
+        random_init_(model, seed)
+        file = sha = layout = None
+        weights_dir = None
+    else:
+        from detectors.butd.weights import load_butd_weights
+
+        loaded = load_butd_weights(weights, model.state_dict())
+        missing, unexpected = model.load_state_dict(loaded.state_dict, strict=False)
+        # strictness was enforced by load_butd_weights; only the optional anchor table may be absent
+        assert not unexpected and set(missing) <= {"proposal_generator.anchor_generator.cell_anchors.0"}
+        file, sha, layout = loaded.path.name, loaded.sha256, loaded.layout
+        weights_dir = loaded.directory
+    if vocab_dir is not None:
+        vocab = VGVocab.load(vocab_dir)
+    else:
+        vocab = VGVocab.find(weights_dir)
+    return BUTDDetector(model, settings, device=device, weights_file=file, weights_sha256=sha,
+                        weights_layout=layout, vocab=vocab, random_init=random_init,
+                        seed=seed if random_init else None)

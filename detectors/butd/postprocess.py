@@ -1,0 +1,166 @@
+"""Choose the regions to keep and turn them into store rows (spec §4.1, §4.3).
+
+``caffe`` selection reproduces ``generate_tsv.py``: for every one of the 1600 object classes, NMS
+(IoU 0.3, +1 convention) on the *proposal* boxes ranked by that class's probability; a box's
+``max_conf`` is its best probability over the classes whose NMS kept it; keep boxes with
+``max_conf >= 0.2``, at least ``min_boxes`` and at most ``max_boxes``. When the threshold alone
+gives between ``min_boxes`` and ``max_boxes`` boxes they stay in proposal (objectness) order;
+otherwise the top ones by ``max_conf`` are taken in that order.
+
+The per-class NMS runs for all classes at once: the IoU matrix is shared, and the greedy pass walks
+the proposal ranks once over a ``[classes, proposals]`` state (no Python loop over classes; this
+loop is what made the original CPU post-processing slow).
+
+``maxnms`` is the airsplay / Hugging Face variant: per proposal the best foreground class and its
+*regressed* box, one class-agnostic NMS tried at 0.3, 0.4, …, 0.9 until ``min_boxes`` survive,
+top ``max_boxes``; features stay those of the proposals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from detectors.butd.box_ops import decode_legacy, iou_legacy
+from itmflow.errors import ConfigError
+
+SELECTIONS = ("caffe", "maxnms")
+
+
+@dataclass(frozen=True)
+class RegionPolicy:
+    """How many regions to keep: fixed K (min = max) or adaptive min–max with a confidence bar."""
+
+    min_boxes: int = 36
+    max_boxes: int = 36
+    conf_thresh: float = 0.2
+    nms_thresh: float = 0.3
+
+    @classmethod
+    def parse(cls, text: str | int) -> "RegionPolicy":
+        """``"36"`` → fixed 36; ``"10-100"`` → adaptive 10 to 100."""
+        s = str(text).strip()
+        try:
+            if "-" in s:
+                lo, hi = (int(v) for v in s.split("-", 1))
+            else:
+                lo = hi = int(s)
+        except ValueError:
+            raise ConfigError(f"regions {text!r} is not 'K' or 'MIN-MAX' (e.g. 36 or 10-100)") from None
+        if lo < 1 or hi < lo:
+            raise ConfigError(f"regions {text!r}: need 1 <= MIN <= MAX")
+        return cls(min_boxes=lo, max_boxes=hi)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The store manifest's region-policy record."""
+        if self.min_boxes == self.max_boxes:
+            return {"kind": "fixed", "k": self.min_boxes}
+        return {"kind": "adaptive", "min": self.min_boxes, "max": self.max_boxes,
+                "conf": self.conf_thresh}
+
+
+def per_class_nms_max_conf(boxes: torch.Tensor, class_prob: torch.Tensor,
+                           threshold: float) -> torch.Tensor:
+    """``max_conf[n]`` = max over classes c whose greedy NMS keeps box n of ``class_prob[n, c]``.
+
+    ``boxes`` ``[N, 4]``, ``class_prob`` ``[N, C]`` (foreground classes only). Exact greedy NMS per
+    class with the +1 IoU, vectorised over classes: step ``r`` looks at every class's rank-``r``
+    box and, if it is still alive, suppresses the lower-ranked boxes it overlaps.
+    """
+    n, c = class_prob.shape
+    if n == 0:
+        return class_prob.new_zeros(0)
+    overlaps = iou_legacy(boxes, boxes) > threshold  # [N, N]
+    order = torch.sort(class_prob.t(), dim=1, descending=True, stable=True).indices  # [C, N]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(c, n))
+    suppressed = torch.zeros(c, n, dtype=torch.bool, device=boxes.device)
+    for r in range(n):  # loop over ranks (≤ post-NMS proposals), not over classes
+        top = order[:, r]  # [C]
+        alive = ~suppressed.gather(1, top[:, None]).squeeze(1)
+        suppressed |= alive[:, None] & overlaps[top] & (rank > r)
+    kept_prob = torch.where(suppressed.t(), torch.zeros_like(class_prob), class_prob)
+    return kept_prob.max(dim=1).values
+
+
+def select_caffe(max_conf: torch.Tensor, policy: RegionPolicy) -> torch.Tensor:
+    """Indices of the kept regions with ``generate_tsv.py``'s threshold / clamp / ordering rule."""
+    keep = torch.nonzero(max_conf >= policy.conf_thresh).flatten()
+    if policy.min_boxes <= len(keep) <= policy.max_boxes:
+        return keep  # proposal (objectness) order
+    order = torch.sort(max_conf, descending=True, stable=True).indices
+    limit = policy.min_boxes if len(keep) < policy.min_boxes else policy.max_boxes
+    return order[:limit]
+
+
+def select_maxnms(proposals: torch.Tensor, cls_prob: torch.Tensor, box_deltas: torch.Tensor,
+                  image_size: tuple[int, int], policy: RegionPolicy,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """airsplay / HF "maxnms": returns (kept indices, regressed boxes of all proposals)."""
+    fg = cls_prob[:, 1:]
+    scores, cls = fg.max(dim=1)
+    deltas = box_deltas.view(len(proposals), -1, 4)[torch.arange(len(proposals)), cls + 1]
+    boxes = decode_legacy(deltas, proposals)
+    h, w = image_size
+    # airsplay clips regressed boxes to [0, W] x [0, H] (detectron2 Boxes.clip)
+    boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                         boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+    keep = torch.zeros(0, dtype=torch.long)
+    for thresh in np.arange(0.3, 1.0, 0.1):
+        keep = nms(boxes, scores, float(thresh))
+        if len(keep) >= policy.min_boxes:
+            break
+    return keep[: policy.max_boxes], boxes
+
+
+def geometry(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """TERN's 5-d box geometry: x1/W, y1/H, x2/W, y2/H, (x2-x1)(y2-y1)/(W·H)."""
+    b = boxes.astype(np.float64)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (float(width) * float(height))
+    return np.stack([b[:, 0] / width, b[:, 1] / height, b[:, 2] / width, b[:, 3] / height, area],
+                    axis=1).astype(np.float32)
+
+
+def regions_for_image(proposals: torch.Tensor, features: torch.Tensor, cls_prob: torch.Tensor,
+                      box_deltas: torch.Tensor, attr_prob: torch.Tensor, *, scale: float,
+                      resized_size: tuple[int, int], orig_size: tuple[int, int],
+                      policy: RegionPolicy, selection: str = "caffe") -> dict[str, Any]:
+    """Select one image's regions and build its region dict (store field names, numpy values).
+
+    ``proposals`` are in resized pixels; boxes are returned in original pixels (divided by
+    ``scale``). Object / attribute ids are 0-based into the VG vocabularies (background and
+    "no attribute" excluded); their confidences are the 1601- / 401-way softmax values.
+    """
+    if selection == "caffe":
+        max_conf = per_class_nms_max_conf(proposals, cls_prob[:, 1:], policy.nms_thresh)
+        keep = select_caffe(max_conf, policy)
+        kept_boxes = proposals[keep]
+    elif selection == "maxnms":
+        keep, regressed = select_maxnms(proposals, cls_prob, box_deltas, resized_size, policy)
+        kept_boxes = regressed[keep]
+    else:
+        raise ConfigError(f"selection {selection!r} is not one of {SELECTIONS}")
+    height, width = orig_size
+    boxes = (kept_boxes / scale).cpu().numpy().astype(np.float32)
+    obj_conf, obj_ids = cls_prob[keep, 1:].max(dim=1)
+    attr_conf, attr_ids = attr_prob[keep, 1:].max(dim=1)
+    return {
+        "boxes": boxes,
+        "geometry": geometry(boxes, width, height),
+        "features": features[keep].cpu().numpy().astype(np.float32),
+        "object_ids": obj_ids.cpu().numpy().astype(np.int16),
+        "object_conf": obj_conf.cpu().numpy().astype(np.float32),
+        "attr_ids": attr_ids.cpu().numpy().astype(np.int16),
+        "attr_conf": attr_conf.cpu().numpy().astype(np.float32),
+        "num_regions": int(len(keep)),
+        "width": int(width),
+        "height": int(height),
+    }
+
+
+__all__ = ["RegionPolicy", "SELECTIONS", "geometry", "per_class_nms_max_conf",
+           "regions_for_image", "select_caffe", "select_maxnms"]

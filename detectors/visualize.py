@@ -1,0 +1,54 @@
+"""Draw a detector's regions on the image and save a PNG (Pillow only)."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from itmflow.files import atomic_write_bytes
+
+
+def _colour(i: int) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_regions(rgb: np.ndarray, region: dict[str, Any], label: Callable[[int, int], str],
+                 max_labels: int | None = None) -> Image.Image:
+    """The image with every box outlined and labelled ``label(object_id, attr_id)``."""
+    image = Image.fromarray(rgb).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    boxes = region["boxes"]
+    width = max(1, round(max(image.size) / 400))
+    for i, box in enumerate(boxes):
+        colour = _colour(i)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        if max_labels is not None and i >= max_labels:
+            continue
+        text = f"{label(int(region['object_ids'][i]), int(region['attr_ids'][i]))} " \
+               f"{float(region['object_conf'][i]):.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
+        ty = max(0.0, y1 - (bottom - top) - 2)
+        draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
+        draw.text((x1 + 2, ty), text, fill=(0, 0, 0), font=font)
+    return image
+
+
+def save_regions_png(rgb: np.ndarray, region: dict[str, Any], path: str | Path,
+                     label: Callable[[int, int], str], max_labels: int | None = None) -> Path:
+    """Write :func:`draw_regions`'s picture to ``path`` as PNG (atomically)."""
+    import io
+
+    buf = io.BytesIO()
+    draw_regions(rgb, region, label, max_labels).save(buf, format="PNG")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, buf.getvalue())
+    return target
