@@ -108,7 +108,7 @@ def block_sizes(model: Any, img: Embeddings, cap: Embeddings, max_memory_gb: flo
     pairs = max(1, int(budget // pair_bytes(model, img, cap)))
     # Favour wide caption blocks (one image-side chunk reused across many captions), but keep
     # a block roughly square when the budget is small so neither side degenerates to 1.
-    cap_block = min(n_cap, max(1, int(math.sqrt(pairs)) * 4))
+    cap_block = min(n_cap, pairs, max(1, math.isqrt(pairs) * 4))
     img_block = max(1, min(n_img, pairs // cap_block))
     if img_block == n_img:
         cap_block = min(n_cap, max(cap_block, pairs // max(1, n_img)))

@@ -1,0 +1,219 @@
+"""Block scoring equals a straightforward per-pair computation written from the spec (1e-5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from itmflow.errors import ConfigError
+from trainers.models.sgraf import SGRAF, SgrafConfig
+from trainers.models.teran import TERAN, TeranConfig
+from trainers.models.tern import TERN, TernConfig
+from trainers.scoring import block_sizes, encode, ensemble, pair_bytes, score_encoded, score_matrix
+
+EPS = 1e-8
+
+
+# ------------------------------------------------------------------- per-pair references (spec)
+
+def _l2(x: torch.Tensor, dim: int = -1, eps: float = 0.0) -> torch.Tensor:
+    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + eps)
+
+
+def ref_teran_pair(regions: torch.Tensor, words: torch.Tensor) -> float:
+    """MrSw (spec §3): cosine of every region/word, max over regions, summed over words."""
+    a = regions @ words.t()
+    return float(a.max(dim=0).values.sum())
+
+
+def ref_sgraf_pair(sim: torch.nn.Module, module: str, regions: torch.Tensor, img_glo: torch.Tensor,
+                   words: torch.Tensor, cap_glo: torch.Tensor) -> float:
+    """One (image, caption) pair through SGRAF's similarity (spec §4.1), with the model's weights."""
+    # SCAN text-to-image attention, smooth 9.
+    attn = F.leaky_relu(regions @ words.t(), 0.1)                  # [36, L]
+    attn = _l2(attn, dim=1, eps=EPS)                               # over words
+    attn = torch.softmax(attn.t() * 9.0, dim=1)                    # [L, 36] over regions
+    context = _l2(attn @ regions, eps=EPS)                         # [L, E]
+    sim_loc = _l2(F.linear((context - words) ** 2, sim.sim_tranloc_w.weight, sim.sim_tranloc_w.bias), eps=EPS)
+    sim_glo = _l2(F.linear((img_glo - cap_glo) ** 2, sim.sim_tranglo_w.weight, sim.sim_tranglo_w.bias), eps=EPS)
+    x = torch.cat([sim_glo[None], sim_loc], dim=0)                 # [L+1, S]
+    if module == "SGR":
+        for step in sim.SGR_module:
+            q = F.linear(x, step.graph_query_w.weight, step.graph_query_w.bias)
+            k = F.linear(x, step.graph_key_w.weight, step.graph_key_w.bias)
+            edge = torch.softmax(q @ k.t(), dim=1)
+            x = F.relu(F.linear(edge @ x, step.sim_graph_w.weight, step.sim_graph_w.bias))
+        v = x[0]
+    else:
+        saf = sim.SAF_module
+        a = F.linear(x, saf.attn_sim_w.weight, saf.attn_sim_w.bias)[:, 0]
+        bn = saf.bn
+        a = (a - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        a = torch.sigmoid(a)
+        a = a / (a.abs().sum() + EPS)
+        v = _l2(a @ x, eps=EPS)
+    return float(torch.sigmoid(F.linear(v, sim.sim_eval_w.weight, sim.sim_eval_w.bias))[0])
+
+
+# --------------------------------------------------------------------------------- tiny inputs
+
+def image_batches(n: int, bs: int, k: int, dim: int, *, fixed: bool, seed: int = 1) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in range(0, n, bs):
+        b = min(bs, n - s)
+        counts = torch.full((b,), k) if fixed else torch.randint(3, k + 1, (b,), generator=g)
+        feats = torch.randn(b, k, dim, generator=g)
+        for i in range(b):
+            feats[i, int(counts[i]):] = 0
+        out.append({"features": feats, "geometry": torch.rand(b, k, 5, generator=g),
+                    "num_regions": counts})
+    return out
+
+
+def bert_batches(n: int, bs: int, seed: int = 2) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in range(0, n, bs):
+        b = min(bs, n - s)
+        lengths = torch.randint(5, 14, (b,), generator=g)
+        ids = torch.randint(1000, 5000, (b, int(lengths.max())), generator=g)
+        ids[:, 0] = 101
+        for i in range(b):
+            ids[i, int(lengths[i]) - 1] = 102
+            ids[i, int(lengths[i]):] = 0
+        out.append({"bert_ids": ids, "bert_lengths": lengths})
+    return out
+
+
+def word_batches(n: int, bs: int, vocab: int, seed: int = 3) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for s in range(0, n, bs):
+        b = min(bs, n - s)
+        lengths = torch.randint(3, 11, (b,), generator=g)
+        ids = torch.randint(4, vocab, (b, int(lengths.max())), generator=g)
+        for i in range(b):
+            ids[i, int(lengths[i]):] = 0
+        out.append({"word_ids": ids, "word_lengths": lengths})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_teran(minilm_dir: Path) -> TERAN:
+    torch.manual_seed(0)
+    model = TERAN(TeranConfig(bert=str(minilm_dir), bert_layers=1, feature_dim=48,
+                              visual_layers=1, embed_size=32, layers=1, ff_dim=64))
+    return model.eval()
+
+
+def _tiny_sgraf(module: str, seed: int) -> SGRAF:
+    torch.manual_seed(seed)
+    model = SGRAF(SgrafConfig(module=module, vocab_size=60, feature_dim=40, word_dim=16,
+                              embed_size=24, sim_dim=12))
+    # Non-trivial BatchNorm running statistics (eval uses them).
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------- tests
+
+def test_teran_blocks_equal_per_pair_reference(tiny_teran: TERAN) -> None:
+    imgs = image_batches(11, 4, 9, 48, fixed=False)
+    caps = bert_batches(23, 6)
+    # A tiny memory budget forces many blocks that cut across loader chunks.
+    sims = score_matrix(tiny_teran, imgs, caps, max_memory_gb=2e-6)
+    assert sims.shape == (11, 23) and sims.dtype == np.float32
+    img_enc = encode(tiny_teran, imgs, "images")
+    cap_enc = encode(tiny_teran, caps, "captions")
+    ref = np.zeros((11, 23))
+    ii = 0
+    for ic in img_enc.chunks:
+        for a in range(ic["regions"].shape[0]):
+            regions = ic["regions"][a][ic["region_mask"][a]]
+            cc_i = 0
+            for cc in cap_enc.chunks:
+                for b in range(cc["words"].shape[0]):
+                    ref[ii, cc_i] = ref_teran_pair(regions, cc["words"][b][cc["word_mask"][b]])
+                    cc_i += 1
+            ii += 1
+    np.testing.assert_allclose(sims, ref, atol=1e-5, rtol=0)
+    # One block for everything gives the same matrix.
+    big = score_matrix(tiny_teran, imgs, caps, max_memory_gb=4.0)
+    np.testing.assert_allclose(big, sims, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("module", ["SGR", "SAF"])
+def test_sgraf_blocks_equal_per_pair_reference(module: str) -> None:
+    model = _tiny_sgraf(module, seed=4)
+    imgs = image_batches(7, 3, 36, 40, fixed=True)
+    caps = word_batches(16, 5, 60)
+    sims = score_matrix(model, imgs, caps, max_memory_gb=1e-4)
+    img_enc = encode(model, imgs, "images")
+    cap_enc = encode(model, caps, "captions")
+    regions = torch.cat([c["regions"] for c in img_enc.chunks])
+    img_glo = torch.cat([c["global"] for c in img_enc.chunks])
+    ref = np.zeros((7, 16))
+    c = 0
+    with torch.no_grad():
+        for cc in cap_enc.chunks:
+            for b in range(cc["words"].shape[0]):
+                words = cc["words"][b][cc["word_mask"][b]]
+                for i in range(7):
+                    ref[i, c] = ref_sgraf_pair(model.sim_enc, module, regions[i], img_glo[i],
+                                               words, cc["global"][b])
+                c += 1
+    np.testing.assert_allclose(sims, ref, atol=1e-5, rtol=0)
+    assert ((sims > 0) & (sims < 1)).all()
+
+
+def test_sgraf_ensemble_is_mean_of_sgr_and_saf() -> None:
+    imgs = image_batches(5, 5, 36, 40, fixed=True)
+    caps = word_batches(10, 10, 60)
+    a = score_matrix(_tiny_sgraf("SGR", 5), imgs, caps)
+    b = score_matrix(_tiny_sgraf("SAF", 6), imgs, caps)
+    np.testing.assert_allclose(ensemble([a, b]), (a.astype(np.float64) + b) / 2, atol=1e-7)
+    with pytest.raises(ConfigError, match="differ in shape"):
+        ensemble([a, b[:, :5]])
+
+
+def test_tern_dot_products_and_float16_buffers(minilm_dir: Path) -> None:
+    torch.manual_seed(1)
+    model = TERN(TernConfig(bert=str(minilm_dir), bert_layers=1, feature_dim=48, visual_layers=1,
+                            embed_size=32, layers=1, ff_dim=64)).eval()
+    imgs = image_batches(6, 4, 8, 48, fixed=False)
+    caps = bert_batches(12, 5)
+    sims = score_matrix(model, imgs, caps)
+    with torch.no_grad():
+        iv = torch.cat([model.encode_images(b) for b in imgs])
+        cv = torch.cat([model.encode_captions(b) for b in caps])
+    ref = np.array([[float(iv[i] @ cv[c]) for c in range(12)] for i in range(6)])
+    np.testing.assert_allclose(sims, ref, atol=1e-5, rtol=0)
+    half = score_matrix(model, imgs, caps, buffer_dtype=torch.float16)
+    np.testing.assert_allclose(half, ref, atol=2e-3, rtol=0)            # fp16 storage: ~1e-3
+
+
+def test_block_sizes_follow_the_memory_budget(tiny_teran: TERAN) -> None:
+    img = encode(tiny_teran, image_batches(4, 4, 9, 48, fixed=False), "images")
+    cap = encode(tiny_teran, bert_batches(8, 8), "captions")
+    per_pair = pair_bytes(tiny_teran, img.chunks[0], cap.chunks[0])
+    assert per_pair == 4 * 9 * cap.chunks[0]["words"].shape[1] * 4
+    for gb in (1e-6, 1e-5, 1e-3):
+        bi, bc = block_sizes(tiny_teran, img.chunks[0], cap.chunks[0], gb, 1000, 5000)
+        assert bi >= 1 and bc >= 1
+        assert bi * bc * per_pair <= max(gb * (1 << 30), per_pair)
+    with pytest.raises(ConfigError, match="positive"):
+        block_sizes(tiny_teran, img.chunks[0], cap.chunks[0], 0, 10, 50)
+    out = np.full((4, 8), np.nan, dtype=np.float32)
+    score_encoded(tiny_teran, img, cap, out=out)
+    assert np.isfinite(out).all()
