@@ -72,14 +72,11 @@ def read_coco(source: str | Path, images_root: str | Path | None = None,
             where = f"{name} images[{i}]"
             image_id = str(field(image, "id", (int, str), where))
             file_name = field(image, "file_name", str, where)
-            split = ""
-            if karpathy is not None:
-                if image_id in splits:
-                    split = builder.normalize_split(splits[image_id], where)
-                else:
-                    builder.problem("no_split", where, f"image {image_id} is not in the Karpathy file",
-                                    "image kept with no split", image_id=image_id)
-            builder.add_image(image_id, f"{subset}/{file_name}" if subset else file_name, split, where)
+            split = builder.normalize_split(splits[image_id], where) if image_id in splits else ""
+            added = builder.add_image(image_id, f"{subset}/{file_name}" if subset else file_name, split, where)
+            if added and karpathy is not None and image_id not in splits:
+                builder.problem("no_split", where, f"image {image_id} is not in the Karpathy file",
+                                "image kept with no split", image_id=image_id)
         for i, ann in enumerate(field(doc, "annotations", list, name)):
             where = f"{name} annotations[{i}]"
             captions.append((str(field(ann, "id", (int, str), where)),

@@ -96,16 +96,13 @@ def read_flickr30k(path: str | Path, images_root: str | Path | None = None,
         if stem in refused:
             continue
         if not builder.has_image(stem):
-            split = ""
-            if karpathy is not None:
-                if stem in splits:
-                    split = builder.normalize_split(splits[stem], where)
-                else:
-                    builder.problem("no_split", where, f"image {stem} is not in the Karpathy file",
-                                    "image kept with no split", image_id=stem)
+            split = builder.normalize_split(splits[stem], where) if stem in splits else ""
             if not builder.add_image(stem, file, split, where):
                 refused.add(stem)
                 continue
+            if karpathy is not None and stem not in splits:
+                builder.problem("no_split", where, f"image {stem} is not in the Karpathy file",
+                                "image kept with no split", image_id=stem)
         index = counts.get(stem, 0)
         counts[stem] = index + 1
         builder.add_caption(f"{stem}#{n if n is not None else index}", stem, caption, where)

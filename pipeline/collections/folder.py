@@ -29,14 +29,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 DEFAULT_CAPTION_FILES = ("captions.jsonl", "captions.csv")
 
 
-def scan_images(root: Path) -> Iterator[str]:
+def scan_images(root: Path) -> list[str]:
     """Relative POSIX paths of the image files under ``root``, sorted, hidden entries skipped."""
+    found: list[str] = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         base = Path(folder).relative_to(root)
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield (base / name).as_posix()
+        found.extend((base / name).as_posix() for name in files
+                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(found)
 
 
 def _jsonl_rows(path: Path, builder: CollectionBuilder) -> Iterator[tuple[str, list[str], str | None, str]]:
