@@ -78,10 +78,19 @@ class RegionStoreReader:
             raise StoreError(f"image_id {image_id!r} is not in the store {self.path}") from None
         return self._part(p).row(r)
 
+    @property
+    def num_parts(self) -> int:
+        """Number of committed parts."""
+        return len(self._parts)
+
+    def part_blocks(self, p: int, rows_per_block: int = 64) -> Iterator[Any]:
+        """Columnar blocks (:class:`stores.block.Block`) of part ``p`` in order."""
+        yield from self._part(p).blocks(rows_per_block)
+
     def blocks(self, rows_per_block: int = 64) -> Iterator[Any]:
-        """Columnar blocks (:class:`stores.block.Block`) in commit order, with the part index."""
+        """Columnar blocks in commit order, each with its part index: ``(p, block)``."""
         for p in range(len(self._parts)):
-            for block in self._part(p).blocks(rows_per_block):
+            for block in self.part_blocks(p, rows_per_block):
                 yield p, block
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

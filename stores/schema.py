@@ -181,7 +181,8 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
         raise StoreError(f"{where}: {k} regions exceed the policy's max {settings.max_k}")
     if k > np.iinfo(np.int16).max:
         raise StoreError(f"{where}: {k} regions do not fit num_regions (int16)")
-    stored = np.ascontiguousarray(feats, dtype=settings.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the row
+        stored = np.ascontiguousarray(feats, dtype=settings.dtype)
     if not np.isfinite(stored).all():
         bad = int(np.argwhere(~np.isfinite(stored))[0][0])
         raise StoreError(f"{where}: features of region {bad} are not finite (NaN/inf, or too large for "

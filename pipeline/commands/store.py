@@ -1,9 +1,205 @@
-"""`itmflow store` (placeholder until its issue lands: registers nothing yet)."""
+"""`itmflow store`: inspect, verify, convert, export and import region stores."""
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
 import typer
+
+store_app = typer.Typer(help="Inspect, verify, convert, export and import region stores.",
+                        no_args_is_help=True)
+
+_FORMATS = "scan-precomp | tern | butd-tsv | milvlg-npz"
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar; yields ``advance(n)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1024 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"
+
+
+def _write_json(out: Optional[Path], doc: dict) -> None:
+    if out is not None:
+        from itmflow.files import atomic_write_json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, doc)
+
+
+def store_summary(path: Path) -> dict:
+    """What `inspect` shows, as a dict (region store or caption store)."""
+    from stores.captions import FORMAT as CAPTIONS_FORMAT
+    from stores.captions import read_caption_manifest
+    from stores.manifest import load_manifest
+    from stores.schema import FAILURES_NAME, MANIFEST_NAME
+
+    mpath = path / MANIFEST_NAME
+    try:
+        kind = json.loads(mpath.read_text(encoding="utf-8")).get("format") if mpath.is_file() else None
+    except (OSError, ValueError):
+        kind = None
+    if kind == CAPTIONS_FORMAT:
+        m = read_caption_manifest(path)
+        return {"kind": "captions", "store": str(path), "captions": m["counts"]["captions"],
+                "images": m["counts"]["images"], "splits": m["counts"]["splits"],
+                "tokenizer": m.get("tokenizer"), "vocab_sha256": m.get("vocab_sha256"), "bytes": m.get("bytes")}
+    m = load_manifest(path)
+    failures = path / FAILURES_NAME
+    n_fail = sum(1 for line in failures.read_text(encoding="utf-8").splitlines() if line.strip()) \
+        if failures.is_file() else 0
+    det = m.get("detector") or {}
+    return {"kind": "regions", "store": str(path), "storage": m["storage"], "rows": m.get("num_rows", 0),
+            "regions": m.get("num_regions", 0), "feature_dim": m["feature_dim"], "feature_dtype": m["feature_dtype"],
+            "region_policy": m["region_policy"], "detector": det.get("name"),
+            "weights_file": det.get("weights_file"), "weights_sha256": det.get("weights_sha256"),
+            "absent_fields": m.get("absent_fields", []), "parts": len(m["parts"]),
+            "bytes": sum(int(p["bytes"]) for p in m["parts"]), "failures": n_fail,
+            "schema_version": m["schema_version"]}
+
+
+@store_app.command("inspect")
+def inspect_cmd(
+    store: Path = typer.Argument(..., help="Store directory (region store or caption store)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the summary as JSON to this file."),
+) -> None:
+    """Summarise a store: storage, rows, regions, dtype, detector, parts, size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = store_summary(store)
+    table = Table(title=f"{summary['kind']} store {store}", show_header=False)
+    for key, value in summary.items():
+        if key in ("kind", "store"):
+            continue
+        if key == "bytes" and value is not None:
+            value = f"{_human(value)} ({value} B)"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+        table.add_row(key, "" if value is None else str(value))
+    Console().print(table)
+    _write_json(out, summary)
+
+
+@store_app.command("verify")
+def verify_cmd(
+    store: Path = typer.Argument(..., help="Region store directory."),
+    no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of every part (faster)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file."),
+) -> None:
+    """Check every part (sha256, schema, rows, duplicate ids, non-finite features). Exit 0 when sound,
+    1 with a message naming each bad part otherwise."""
+    from rich.console import Console
+
+    from stores.manifest import load_manifest
+    from stores.verify import verify_store
+
+    try:
+        total = int(load_manifest(store).get("num_rows", 0))
+    except Exception:  # verify_store reports a broken manifest itself
+        total = None
+    with _progress("verifying", total) as advance:
+        report = verify_store(store, check_hashes=not no_hash, progress=advance)
+    _write_json(out, report.to_dict())
+    console = Console(stderr=not report.ok)
+    for file, message in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {store / file}: {message}")
+    if report.ok:
+        console.print(f"[green]ok[/green] {store}: {report.parts_checked} parts, {report.rows_checked} rows sound"
+                      + (f"; {report.failures_recorded} image(s) listed in failures.jsonl"
+                         if report.failures_recorded else ""))
+        return
+    for file, message in report.problems:
+        console.print(f"[red]bad[/red] {store / file}: {message}", soft_wrap=True)
+    console.print(f"{len(report.problems)} problem(s) in {store}; re-extract the images of the bad parts "
+                  "(delete them from the manifest) or restore them from a backup")
+    raise typer.Exit(1)
+
+
+@store_app.command("convert")
+def convert_cmd(
+    src: Path = typer.Argument(..., help="Source region store."),
+    dst: Path = typer.Argument(..., help="Destination directory (new, or a partial conversion to resume)."),
+    to: str = typer.Option(..., "--to", help="Target storage: parquet | hdf5."),
+) -> None:
+    """Copy a store into the other storage; every value is kept bit for bit."""
+    from itmflow.errors import StoreError
+    from stores.convert import convert_store
+    from stores.manifest import load_manifest
+
+    if to not in ("parquet", "hdf5"):
+        raise StoreError(f"--to {to!r}: use parquet or hdf5")
+    with _progress(f"converting to {to}", int(load_manifest(src).get("num_rows", 0))) as advance:
+        convert_store(src, dst, to=to, progress=advance)
+    typer.echo(f"wrote {dst} ({to})")
+
+
+@store_app.command("export")
+def export_cmd(
+    store: Path = typer.Argument(..., help="Region store to export."),
+    fmt: str = typer.Option(..., "--format", help=f"Output format: {_FORMATS}."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Caption store: writes {split}_caps.txt "
+                                            "(scan-precomp) and selects the images of --split."),
+    split: str = typer.Option("train", "--split", help="Split name used in file names (scan-precomp, "
+                              "butd-tsv) and, with --captions, to select images (train = train+restval, "
+                              "dev = val, test/testall = test)."),
+) -> None:
+    """Export features for the original tools (SCAN/SGRAF, TERN/TERAN, Caffe TSV, MILVLG npz)."""
+    from stores.exports import export_store
+    from stores.manifest import load_manifest
+
+    with _progress(f"exporting {fmt}", int(load_manifest(store).get("num_rows", 0))) as advance:
+        summary = export_store(store, fmt, out, captions=captions, split=split, progress=advance)
+    typer.echo(f"exported {summary['rows']} images as {fmt} to {out} ({summary['files']} file(s))")
+
+
+@store_app.command("import")
+def import_cmd(
+    src: Path = typer.Argument(..., help="Source file or folder in the given format."),
+    fmt: str = typer.Option(..., "--format", help=f"Input format: {_FORMATS}."),
+    out: Path = typer.Option(..., "--out", help="Region store to create (or resume)."),
+    split: str = typer.Option("train", "--split", help="Split to read (SCAN {split}_ims.npy) and to record."),
+    storage: str = typer.Option("parquet", "--storage", help="Store storage: parquet | hdf5."),
+    feature_dtype: str = typer.Option("float32", "--feature-dtype", help="float32 keeps the source values "
+                                      "exactly; float16 halves the size."),
+    rows_per_part: int = typer.Option(512, "--rows-per-part", help="Images per committed part."),
+    collection_out: Optional[Path] = typer.Option(None, "--collection-out", help="Also write the collection "
+                                                  "table (images + captions, FILE.parquet) for `itmflow "
+                                                  "tokenize`."),
+) -> None:
+    """Import features from the original tools' formats into a region store."""
+    from stores.imports import import_store
+
+    with _progress(f"importing {fmt}", None) as advance:
+        source = import_store(src, fmt, out, storage=storage, feature_dtype=feature_dtype, split=split,
+                              rows_per_part=rows_per_part, progress=advance)
+    typer.echo(f"imported {len(source.counts)} images ({fmt}) into {out}")
+    if collection_out is not None:
+        from pipeline.collections import CaptionRecord, ImageRecord, write_collection
+
+        images = [ImageRecord(image_id, file, split_name) for image_id, file, split_name in source.images]
+        caps = [CaptionRecord(cid, image_id, raw) for cid, image_id, raw in (source.captions or [])]
+        root = src if src.is_dir() else src.parent
+        write_collection(collection_out, images, caps, source_format=fmt, images_root=root)
+        typer.echo(f"wrote collection table {collection_out} ({len(images)} images, {len(caps)} captions)")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add the `store` sub-app to `app`."""
+    app.add_typer(store_app, name="store")
