@@ -1,9 +1,67 @@
-"""`itmflow extract` (placeholder until its issue lands: registers nothing yet)."""
+"""`itmflow extract`: the Ray job from a collection table to a region store (resumable)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def extract(
+    collection: Path = typer.Argument(..., help="Collection table written by `itmflow ingest` (.parquet)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Region store directory (created or resumed)."),
+    storage: str = typer.Option("parquet", "--storage", help="Store format: parquet | hdf5."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Detector weights (MILVLG .pth, airsplay .pkl, HF dir)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random detector: for tests and demos; features are meaningless."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --random-init."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="Directory with objects_vocab.txt / attributes_vocab.txt."),
+    regions: str = typer.Option("36", "--regions", help="Regions per image: 36 (fixed) or 10-100 (adaptive, conf 0.2)."),
+    split: list[str] = typer.Option([], "--split", help="Only images of this split (repeatable); default all."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Detector actors: default one per GPU, else 1 CPU actor."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Images per detector call."),
+    min_size: int = typer.Option(600, "--min-size", help="Short side after resizing."),
+    max_size: int = typer.Option(1000, "--max-size", help="Long side limit after resizing."),
+    proposals: Optional[int] = typer.Option(None, "--proposals", help="RPN proposals kept after NMS (default: the detector's 300)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast; GPU)."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU actors when the cluster has GPUs) | cpu | cuda."),
+    feature_dtype: str = typer.Option("float16", "--feature-dtype", help="Stored feature dtype: float16 | float32."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images root (overrides the one recorded in the collection)."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: an embedded local Ray."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the embedded Ray (default: all)."),
+    part_size: int = typer.Option(512, "--part-size", help="Images per committed store part (rounded down to whole batches)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the images listed in failures.jsonl."),
+    summary_json: Optional[Path] = typer.Option(None, "--summary", help="Also write the run summary as JSON here."),
+) -> None:
+    """Detect regions in every image of COLLECTION and commit them to the store at --out.
+
+    Resumable: run it again after a crash or after adding images and only what is missing is
+    processed. Per-image problems go to STORE/failures.jsonl and the job goes on.
+    """
+    from rich.console import Console
+
+    from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.extract.progress import summary_table
+
+    console = Console(stderr=True)
+    cfg = ExtractConfig(
+        collection=collection, out=out, storage=storage, weights=weights, random_init=random_init,
+        seed=seed, vocab=vocab, regions=regions, splits=list(split), workers=workers,
+        batch_size=batch_size, min_size=min_size, max_size=max_size, proposals=proposals,
+        precision=precision, device=device, feature_dtype=feature_dtype, images_root=images,
+        address=address, num_cpus=num_cpus, part_size=part_size, retry_failed=retry_failed,
+    ).validate()
+    if random_init:
+        console.print("[bold red]--random-init: the detector has random weights; the features "
+                      "are meaningless (use --weights for real ones).[/]")
+    summary = run_extract(cfg, console=console)
+    Console().print(summary_table(summary))
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add ``extract`` to `app`."""
+    app.command("extract")(extract)

@@ -1,0 +1,82 @@
+"""Decoding and resizing one batch of images on a CPU worker (runs inside a Ray task).
+
+Every per-image problem becomes a failure record with a reason a person can act on; the batch
+always comes back, so one bad file never stops the job (Ray Data's ``read_images`` fails the whole
+job on one corrupt JPEG, which is why decoding is ours).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.extract.plan import WorkItem
+
+
+@dataclass
+class Failure:
+    """An image that could not be processed, and why."""
+
+    image_id: str
+    file: str
+    reason: str
+
+
+@dataclass
+class DecodedBatch:
+    """The prepared images of a batch (in batch order) and the images that failed to decode."""
+
+    number: int
+    items: list[WorkItem] = field(default_factory=list)
+    prepared: list[Any] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+def _reason(exc: BaseException) -> str:
+    from PIL import Image
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"decompression bomb refused (Pillow's pixel limit): {exc}"
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__module__.startswith("itmflow") else f"{type(exc).__name__}: {text}"
+
+
+def decode_one(root: Path, item: WorkItem, *, min_size: int, max_size: int) -> Any:
+    """Load, orient, convert and resize one image; raises with a reason on any problem."""
+    from detectors.butd.preprocess import load_image, prepare
+    from itmflow.errors import InputFileError
+    from itmflow.files import safe_join
+
+    path = safe_join(root, item.file, what=f"file of image {item.image_id!r}")
+    if not path.exists():
+        raise InputFileError(f"missing file: {path} does not exist")
+    if not path.is_file():
+        raise InputFileError(f"unreadable: {path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"zero-byte file: {path} is empty")
+    rgb = load_image(path)
+    return prepare(rgb, min_size=min_size, max_size=max_size)
+
+
+def decode_batch(number: int, root: str, items: list[WorkItem], min_size: int,
+                 max_size: int) -> DecodedBatch:
+    """Decode every image of a batch; failures are recorded, never raised."""
+    try:  # a decode worker uses one thread: parallelism comes from running several tasks
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    out = DecodedBatch(number)
+    base = Path(root)
+    for item in items:
+        try:
+            prepared = decode_one(base, item, min_size=min_size, max_size=max_size)
+        except Exception as exc:  # every per-image problem is recorded, the batch goes on
+            out.failures.append(Failure(item.image_id, item.file, _reason(exc)))
+            continue
+        out.items.append(item)
+        out.prepared.append(prepared)
+    return out
+

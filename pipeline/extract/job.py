@@ -1,0 +1,280 @@
+"""The extraction job: plan, start the workers, stream batches through them, commit in order.
+
+Design (argued in docs/extract.md): Ray core, not Ray Data. The driver is the only committer. It
+keeps a bounded window of batches in flight; each batch is one CPU decode task whose result
+reference goes straight into a detector actor call (the driver never touches the pixels), and the
+finished batches are committed strictly in collection order through a small reorder buffer, so a
+resumed run writes exactly the bytes an uninterrupted one does. Memory is bounded by the window
+(``workers × in_flight`` batches) plus one store part, whatever the collection size.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from itmflow.errors import ItmflowError, StoreError
+from pipeline.extract.config import ExtractConfig
+from pipeline.extract.plan import Batch, Plan, make_plan, read_failed_ids, select_images
+
+#: Actor restarts / task retries before a batch is given up (a worker killed by the OOM killer or
+#: a lost node is restarted by Ray and its calls replayed; a batch that keeps killing it is not).
+MAX_RESTARTS = 4
+MAX_TASK_RETRIES = 3
+#: Driver-level resubmissions of a batch whose worker stayed dead.
+MAX_BATCH_ATTEMPTS = 2
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did; ``to_dict()`` is the JSON written by ``--summary``."""
+
+    store: Path
+    selected: int = 0
+    processed: int = 0
+    already_done: int = 0
+    failed: int = 0
+    rows_in_store: int = 0
+    seconds: float = 0.0
+    steady_seconds: float = 0.0
+    workers: int = 0
+    device: str = "cpu"
+    log_dir: str | None = None
+    steady_count: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        """Images attempted in this run (processed + failed) per wall-clock second."""
+        return (self.processed + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Images per second after the first batch came back (worker start-up excluded)."""
+        return self.steady_count / self.steady_seconds if self.steady_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["store"] = str(self.store)
+        out["images_per_second"] = self.images_per_second
+        out["steady_images_per_second"] = self.steady_images_per_second
+        return out
+
+
+def committed_ids(store: Path) -> set[str]:
+    """Image ids already committed to ``store`` (empty when the store does not exist yet)."""
+    if not (store / "manifest.json").is_file():
+        return set()
+    from stores import open_region_store
+
+    with open_region_store(store) as reader:
+        return set(reader.ids())
+
+
+def plan_run(cfg: ExtractConfig) -> tuple[Any, Plan]:
+    """Read the collection and compute what is left to do; no Ray, no torch."""
+    from pipeline.collections import read_collection
+
+    collection = read_collection(cfg.collection, cfg.images_root)
+    images = select_images(collection.images, cfg.splits)
+    plan = make_plan(images, committed=committed_ids(Path(cfg.out)),
+                     failed=read_failed_ids(cfg.out), batch_size=cfg.batch_size,
+                     retry_failed=cfg.retry_failed)
+    return collection, plan
+
+
+def _unwrap_start_error(exc: BaseException) -> ItmflowError:
+    """Our own error when a detector worker failed to start because of user input."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ItmflowError):
+            return cur
+        cause = getattr(cur, "cause", None)
+        cur = cause if isinstance(cause, BaseException) else cur.__cause__
+    text = str(exc).strip().splitlines()
+    tail = [line for line in text if "Error" in line][-1:] or text[-1:]
+    return ItmflowError(f"the detector worker could not start: {' '.join(tail)}")
+
+
+class _Workers:
+    """The detector actors and how many batches each has in flight."""
+
+    def __init__(self, shape: Any, cfg: ExtractConfig) -> None:
+        import ray
+
+        from pipeline.extract.worker import DetectorWorker, detector_kwargs
+
+        self.kwargs = detector_kwargs(
+            weights=cfg.weights, random_init=cfg.random_init, seed=cfg.seed, device=shape.device,
+            regions=cfg.regions, min_size=cfg.min_size, max_size=cfg.max_size,
+            precision=cfg.precision, vocab=cfg.vocab, proposals=cfg.proposals)
+        self.cls = ray.remote(DetectorWorker).options(
+            num_cpus=shape.num_cpus, num_gpus=shape.num_gpus, max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_TASK_RETRIES)
+        self.shape = shape
+        self.feature_dtype = cfg.feature_dtype
+        self.actors = [self._new() for _ in range(shape.count)]
+        self.load = [0] * shape.count
+
+    def _new(self) -> Any:
+        return self.cls.remote(self.kwargs, self.shape.threads, self.feature_dtype)
+
+    def replace(self, slot: int, dead: Any) -> None:
+        """Start a fresh actor in ``slot`` if ``dead`` (which used up its restarts) is still there;
+        the other batches that were queued on it report the same death and must not replace the
+        new actor."""
+        import ray
+
+        if self.actors[slot] is not dead:
+            return
+        ray.kill(dead, no_restart=True)
+        self.actors[slot] = self._new()
+
+    def pick(self) -> int:
+        """The least loaded actor."""
+        return min(range(len(self.actors)), key=self.load.__getitem__)
+
+
+def run_extract(cfg: ExtractConfig, *, console: Console | None = None,
+                on_batch: Callable[[dict[str, Any]], None] | None = None) -> ExtractSummary:
+    """Run (or resume) the extraction described by ``cfg`` and return its summary.
+
+    ``on_batch`` is called in the driver after each batch is committed to the writer, with the
+    batch number, the worker's process id and the running counts (progress hooks, tests).
+    """
+    cfg.validate()
+    console = console or Console(stderr=True)
+    out = Path(cfg.out)
+    collection, plan = plan_run(cfg)
+    summary = ExtractSummary(store=out, selected=plan.selected, already_done=plan.already_done)
+    start = time.perf_counter()
+    if not plan.batches:
+        summary.rows_in_store = plan.committed
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    import ray
+
+    from pipeline.extract.cluster import object_store_bytes, plan_workers, ray_session
+    from pipeline.extract.decode import decode_batch
+    from stores import RegionStoreWriter
+
+    window_guess = (cfg.workers or 1) * cfg.in_flight * cfg.batch_size
+    store_bytes = object_store_bytes(window_guess, cfg.max_size)
+    with ray_session(cfg.address, num_cpus=cfg.num_cpus, object_store=store_bytes) as info:
+        shape = plan_workers(info, workers=cfg.workers, device=cfg.device)
+        summary.workers, summary.device, summary.log_dir = shape.count, shape.device, info.log_dir
+        if info.log_dir:
+            console.print(f"[dim]Ray logs: {info.log_dir}[/]")
+        workers = _Workers(shape, cfg)
+        try:
+            detector_meta = ray.get(workers.actors[0].describe.remote())
+        except ray.exceptions.RayError as exc:
+            raise _unwrap_start_error(exc) from None
+        settings = detector_meta.get("settings", {})
+        writer = RegionStoreWriter(
+            out, storage=cfg.storage, feature_dim=int(settings.get("feature_dim", 2048)),
+            feature_dtype=cfg.feature_dtype,
+            region_policy=settings.get("region_policy") or cfg.region_policy(),
+            detector=detector_meta, rows_per_part=cfg.part_size,
+            extra={"extract": {"collection": Path(cfg.collection).name,
+                               "batch_size": cfg.batch_size, "splits": list(cfg.splits)}})
+        with writer:
+            # The writer removed crash debris; its committed ids are the truth from here on.
+            plan = make_plan(select_images(collection.images, cfg.splits),
+                             committed=set(writer.committed_ids()),
+                             failed=read_failed_ids(out), batch_size=cfg.batch_size,
+                             retry_failed=cfg.retry_failed)
+            summary.already_done = plan.already_done
+            decode = ray.remote(decode_batch).options(num_cpus=shape.decode_cpus, max_retries=3)
+            _stream(plan, cfg, str(collection.images_root), decode, workers, writer, summary,
+                    console, on_batch)
+        summary.rows_in_store = len(writer.committed_ids())
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Workers,
+            writer: Any, summary: ExtractSummary, console: Console,
+            on_batch: Callable[[dict[str, Any]], None] | None) -> None:
+    """The driver loop: keep the window full, collect results, commit them in batch order."""
+    import ray
+
+    from pipeline.extract.decode import Failure
+    from pipeline.extract.progress import make_progress
+    from pipeline.extract.worker import BatchResult
+
+    window = max(1, workers.shape.count * cfg.in_flight)
+    todo = collections.deque(plan.batches)
+    order = collections.deque(b.number for b in plan.batches)
+    in_flight: dict[Any, tuple[Batch, int, Any, int]] = {}  # ref -> (batch, slot, actor, attempt)
+    ready: dict[int, BatchResult] = {}
+    batches_in_part = 0
+    first_result: float | None = None
+    steady_start_count = 0
+
+    def submit(batch: Batch, attempt: int) -> None:
+        slot = workers.pick()
+        decoded = decode.remote(batch.number, root, batch.items, cfg.min_size, cfg.max_size)
+        actor = workers.actors[slot]
+        in_flight[actor.detect.remote(decoded)] = (batch, slot, actor, attempt)
+        workers.load[slot] += 1
+
+    with make_progress(console) as progress:
+        task = progress.add_task("extract", total=plan.todo, failed=0)
+        while todo or in_flight:
+            while todo and len(in_flight) + len(ready) < window:
+                submit(todo.popleft(), 1)
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                batch, slot, actor, attempt = in_flight.pop(ref)
+                workers.load[slot] -= 1
+                try:
+                    ready[batch.number] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    if isinstance(exc, ray.exceptions.RayActorError):
+                        workers.replace(slot, actor)
+                    if attempt < MAX_BATCH_ATTEMPTS:
+                        submit(batch, attempt + 1)
+                        continue
+                    reason = f"worker failed {attempt} times: {str(exc).strip().splitlines()[0]}"
+                    ready[batch.number] = BatchResult(
+                        batch.number, failures=[Failure(i.image_id, i.file, reason) for i in batch.items])
+            while order and order[0] in ready:
+                result = ready.pop(order.popleft())
+                for row in result.rows:
+                    try:
+                        writer.add(row)
+                    except StoreError as exc:  # e.g. features too large for float16: that image only
+                        result.failures.append(Failure(row["image_id"], row["file"], f"store: {exc}"))
+                for fail in result.failures:
+                    writer.record_failure(fail.image_id, fail.file, fail.reason)
+                    summary.failures.append({"image_id": fail.image_id, "file": fail.file,
+                                             "reason": fail.reason})
+                summary.processed += len(result.rows)
+                summary.failed += len(result.failures)
+                batches_in_part += 1
+                if batches_in_part >= cfg.part_batches:
+                    writer.commit()  # parts end on batch boundaries (see plan.py)
+                    batches_in_part = 0
+                now = time.perf_counter()
+                if first_result is None:
+                    first_result, steady_start_count = now, summary.processed + summary.failed
+                summary.steady_seconds = now - first_result
+                summary.steady_count = summary.processed + summary.failed - steady_start_count
+                progress.update(task, advance=len(result.rows) + len(result.failures),
+                                failed=summary.failed)
+                if on_batch is not None:
+                    on_batch({"number": result.number, "pid": result.pid,
+                              "processed": summary.processed, "failed": summary.failed})
+        writer.commit()
+    if summary.failed:
+        console.print(f"[yellow]{summary.failed} image(s) failed; reasons in "
+                      f"{Path(cfg.out) / 'failures.jsonl'}[/]")

@@ -1,0 +1,103 @@
+"""The detector worker: one Ray actor holds one detector and runs it on decoded batches.
+
+The class is plain Python (no Ray decorator) so the benchmark's in-process baseline and the tests
+can drive exactly the same code; :mod:`pipeline.extract.job` wraps it with ``ray.remote`` and the
+resources of the cluster (``num_gpus=1`` only where GPUs exist).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.extract.decode import DecodedBatch, Failure, _reason
+
+#: Store fields a detector returns per image (the rest, image_id and file, come from the batch).
+_ARRAY_FIELDS = ("boxes", "geometry", "features", "object_ids", "object_conf", "attr_ids", "attr_conf")
+
+
+@dataclass
+class BatchResult:
+    """Store rows of one batch (batch order), its failures, and who computed it how fast."""
+
+    number: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    pid: int = 0
+    detect_seconds: float = 0.0
+
+
+def detector_kwargs(*, weights: str | None, random_init: bool, seed: int, device: str,
+                    regions: str, min_size: int, max_size: int, precision: str,
+                    vocab: str | None, proposals: int | None) -> dict[str, Any]:
+    """Keyword arguments of :func:`detectors.butd.build_detector` for these settings."""
+    kwargs: dict[str, Any] = {"weights": weights, "random_init": random_init, "seed": seed,
+                              "device": device, "regions": regions, "min_size": min_size,
+                              "max_size": max_size, "precision": precision, "vocab_dir": vocab}
+    if proposals is not None:
+        kwargs["post_nms_topk"] = proposals
+    return kwargs
+
+
+class DetectorWorker:
+    """Builds the detector once and turns decoded batches into store rows."""
+
+    def __init__(self, kwargs: dict[str, Any], threads: int, feature_dtype: str = "float16") -> None:
+        import torch
+
+        from detectors.butd import build_detector
+
+        # Fixed thread count: CPU results depend on how reductions are split, and a restarted or
+        # resumed worker must compute the same bytes as the one it replaces.
+        torch.set_num_threads(max(1, threads))
+        self.detector = build_detector(**kwargs)
+        self.feature_dtype = feature_dtype
+        self.pid = os.getpid()
+
+    def describe(self) -> dict[str, Any]:
+        """The detector block of the store manifest (name, weights file and hash, settings)."""
+        det = self.detector
+        weights_file = det.weights_file
+        return {"name": det.name,
+                "weights_file": os.path.basename(weights_file) if weights_file else None,
+                "weights_sha256": det.weights_sha256, "settings": det.settings()}
+
+    def ping(self) -> int:
+        """The worker's process id (the tests use it to kill a worker mid-run)."""
+        return self.pid
+
+    def detect(self, decoded: DecodedBatch) -> BatchResult:
+        """Run the detector on the prepared images of ``decoded``; rows keep batch order."""
+        import numpy as np
+
+        result = BatchResult(decoded.number, failures=list(decoded.failures), pid=self.pid)
+        if not decoded.prepared:
+            return result
+        start = time.perf_counter()
+        try:
+            outputs = self.detector.detect(decoded.prepared)
+        except Exception:
+            # A batch-level error: run the images one by one so only the guilty one is lost.
+            outputs = []
+            for item, prep in zip(decoded.items, decoded.prepared):
+                try:
+                    outputs.append(self.detector.detect([prep])[0])
+                except Exception as exc:
+                    outputs.append(Failure(item.image_id, item.file, f"detector: {_reason(exc)}"))
+        result.detect_seconds = time.perf_counter() - start
+        for item, out in zip(decoded.items, outputs):
+            if isinstance(out, Failure):
+                result.failures.append(out)
+                continue
+            row: dict[str, Any] = {"image_id": item.image_id, "file": item.file,
+                                   "width": int(out["width"]), "height": int(out["height"]),
+                                   "num_regions": int(out["num_regions"])}
+            for key in _ARRAY_FIELDS:
+                value = out.get(key)
+                row[key] = None if value is None else np.asarray(value)
+            # Cast here, not in the committer: half the bytes cross the object store.
+            row["features"] = row["features"].astype(self.feature_dtype, copy=False)
+            result.rows.append(row)
+        return result

