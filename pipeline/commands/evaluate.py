@@ -13,18 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from itmflow.errors import ConfigError, InputFileError
-
-
-def _model_dir(run: Path) -> Path:
-    for name in ("best", "last"):
-        if (run / name / "config.json").is_file():
-            return run / name
-    if (run / "config.json").is_file():
-        return run
-    raise InputFileError(f"{run} is not a run directory of `itmflow train` (no best/ or last/ "
-                         "checkpoint with config.json) nor a model directory; pass --checkpoint "
-                         "for an authors' .pth file")
+from itmflow.errors import ConfigError
 
 
 def evaluate_command(
@@ -80,7 +69,8 @@ def evaluate_command(
     from trainers.checkpoints import load_model
     from trainers.data import REQUIREMENTS, CaptionCollator, MatchingData, collate_images
     from trainers.evaluation.report import (EvalInputs, EvalReport, compute_ndcg, data_name,
-                                            load_sims, save_sims as write_sims, summarize)
+                                            load_sims, run_model_dir, save_sims as write_sims,
+                                            summarize)
     from trainers.scoring import ensemble, score_matrix
     from trainers.train import resolve_device
 
@@ -102,7 +92,7 @@ def evaluate_command(
     models: list[Any] = []
     sources: list[str] = []
     if run is not None:
-        mdir = _model_dir(run)
+        mdir = run_model_dir(run)
         models.append(load_model(mdir, device=dev))
         sources.append(str(mdir))
     for ck in checkpoint:

@@ -144,6 +144,19 @@ class EvalReport:
         return paths
 
 
+def run_model_dir(run: str | os.PathLike[str]) -> Path:
+    """The model directory of a run (``best/``, else ``last/``) or ``run`` itself if it is one."""
+    r = Path(run)
+    for name in ("best", "last"):
+        if (r / name / "config.json").is_file():
+            return r / name
+    if (r / "config.json").is_file():
+        return r
+    raise InputFileError(f"{r} is not a run directory of `itmflow train` (no best/ or last/ "
+                         "checkpoint with config.json) nor a model directory; pass --checkpoint "
+                         "for an authors' .pth file")
+
+
 def check_rouge_alignment(relevance: np.ndarray, path: str | os.PathLike[str]) -> None:
     """Refuse a ROUGE-L matrix whose rows are not in our caption order.
 
@@ -219,4 +232,4 @@ def save_sims(path: str | os.PathLike[str], sims: np.ndarray) -> Path:
 
 
 __all__ = ["EvalInputs", "EvalReport", "check_rouge_alignment", "compute_ndcg", "data_name",
-           "load_sims", "save_sims", "summarize"]
+           "load_sims", "run_model_dir", "save_sims", "summarize"]
