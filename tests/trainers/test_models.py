@@ -312,3 +312,20 @@ def test_tern_with_the_offline_minilm_bert(minilm_dir):
     with torch.no_grad():
         emb = model.encode_captions(caps)
     assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA)")
+def test_models_run_forward_and_backward_on_cuda():
+    for model, imgs, caps in (
+            (TERN(tiny_tern_config()), image_batch(3, 6, [6, 2, 4]), bert_batch([9, 4, 6])),
+            (TERAN(tiny_tern_config(TeranConfig)), image_batch(3, 6, [6, 2, 4]), bert_batch([9, 4, 6])),
+            (tiny_sgraf("SAF"), image_batch(3, 36, [36] * 3), word_batch([5, 2, 7]))):
+        cpu = copy.deepcopy(model).eval()
+        gpu = model.cuda().eval()
+        with torch.no_grad():
+            torch.testing.assert_close(gpu(imgs, caps).cpu(), cpu(imgs, caps), atol=1e-4, rtol=0)
+        gpu.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = contrastive_loss(gpu(imgs, caps).float())
+        loss.backward()
+        assert torch.isfinite(loss)

@@ -119,12 +119,4 @@ class TERN(TransformerEncoders):
         return emb
 
 
-def tern_param_groups(model: TransformerEncoders) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(non-BERT params, BERT params)`` so the trainer can scale BERT's learning rate."""
-    bert = [p for p in model.txt_enc.parameters()]
-    bert_ids = {id(p) for p in bert}
-    rest = [p for p in model.parameters() if id(p) not in bert_ids]
-    return rest, bert
-
-
-__all__ = ["TERN", "TernConfig", "TransformerEncoders", "tern_param_groups"]
+__all__ = ["TERN", "TernConfig", "TransformerEncoders"]
