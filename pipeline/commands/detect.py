@@ -74,14 +74,14 @@ def detect(
         f"{detector.weights_file} ({detector.weights_layout}, sha256 {detector.weights_sha256[:12]}…)"
     table = Table(title=f"itmflow detect — {source}")
     for col in ("image", "size", "regions", "top objects", "mean conf"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     failures = []
     for path in images:
         try:
             rgb = load_image(path)
         except ImageDecodeError as exc:
             failures.append(str(exc))
-            table.add_row(str(path), "-", "failed", str(exc), "-")
+            table.add_row(path.name, "-", "failed", str(exc), "-")
             continue
         region = detector.detect([prepare(rgb, min_size=min_size, max_size=max_size)])[0]
         counts: dict[str, int] = {}
@@ -90,7 +90,7 @@ def detect(
             counts[name] = counts.get(name, 0) + 1
         top = ", ".join(f"{n}×{c}" for n, c in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
         conf = float(np.mean(region["object_conf"])) if region["num_regions"] else 0.0
-        table.add_row(str(path), f"{region['width']}×{region['height']}", str(region["num_regions"]),
+        table.add_row(path.name, f"{region['width']}×{region['height']}", str(region["num_regions"]),
                       top, f"{conf:.3f}")
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
