@@ -35,7 +35,8 @@ def l2norm(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
     The two variants are kept apart on purpose: TERN/TERAN divide by the bare norm, SGRAF by
     ``norm + eps``; the difference is visible in the last digits of every score.
     """
-    norm = x.pow(2).sum(dim=dim, keepdim=True).sqrt()
+    # vector_norm avoids materialising x**2, which matters for SGRAF's [Ni, Nc, L, E] context.
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
     if eps:
         norm = norm + eps
     return x / norm
