@@ -1,0 +1,152 @@
+"""BERT WordPiece tokenization of captions with any Hugging Face tokenizer (local dir or hub id).
+
+The work is done by the Rust ``tokenizers`` backend in batches. Whatever truncation or padding the
+tokenizer files carry (sentence-transformers ships ``max_length 128`` + fixed padding) is switched
+off: captions are never cut silently. ``max_length`` truncates explicitly (keeping ``[SEP]``) and
+the number of truncated captions is returned.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from itmflow.errors import TokenizerError
+from itmflow.files import sha256_bytes
+
+DEFAULT_TOKENIZER = "bert-base-uncased"
+_BATCH = 8192
+
+
+@dataclass
+class BertTokenizer:
+    """A fast tokenizer ready for caption batches: [CLS] … [SEP], no padding, no hidden truncation."""
+
+    name: str
+    backend: Any  # tokenizers.Tokenizer
+    cls_id: int
+    sep_id: int
+    vocab_sha256: str
+    vocab_size: int
+
+    def encode_flat(self, texts: Sequence[str], max_length: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Token ids of all ``texts`` as one int32 array plus int64 offsets (len(texts)+1).
+
+        Returns ``(values, offsets, n_truncated)``; caption ``i`` is ``values[offsets[i]:offsets[i+1]]``.
+        """
+        if max_length is not None and max_length < 2:
+            raise TokenizerError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
+        chunks: list[np.ndarray] = []
+        lengths = np.empty(len(texts), dtype=np.int64)
+        truncated = 0
+        for start in range(0, len(texts), _BATCH):
+            batch = list(texts[start:start + _BATCH])
+            encodings = self._encode_batch(batch)
+            for k, enc in enumerate(encodings):
+                ids = enc.ids
+                if max_length is not None and len(ids) > max_length:
+                    ids = ids[: max_length - 1] + [self.sep_id]
+                    truncated += 1
+                lengths[start + k] = len(ids)
+                chunks.append(np.asarray(ids, dtype=np.int32))
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+        return values, offsets, truncated
+
+    def _encode_batch(self, batch: list[str]) -> list[Any]:
+        try:
+            encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+            return encode(batch, add_special_tokens=True)
+        except TypeError as exc:  # a non-string slipped in
+            raise TokenizerError(f"captions must be strings to tokenize ({exc})") from exc
+
+
+def _special_tokens(folder: Path) -> tuple[str, str]:
+    """The [CLS]/[SEP] strings named in a tokenizer directory (BERT's when not named)."""
+    names = {"cls_token": "[CLS]", "sep_token": "[SEP]"}
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            doc = json.loads((folder / file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in names:
+            value = doc.get(key)
+            if isinstance(value, dict):  # {"content": "[CLS]", ...}
+                value = value.get("content")
+            if isinstance(value, str):
+                names[key] = value
+    return names["cls_token"], names["sep_token"]
+
+
+def _from_tokenizer_json(folder: Path) -> tuple[Any, int | None, int | None]:
+    """Backend, [CLS] id and [SEP] id straight from ``tokenizer.json`` (no transformers import)."""
+    from tokenizers import Tokenizer
+
+    try:
+        backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as exc:  # the Rust side raises plain Exception for a bad file
+        raise TokenizerError(f"{folder / 'tokenizer.json'} cannot be read: {exc}") from exc
+    cls, sep = _special_tokens(folder)
+    return backend, backend.token_to_id(cls), backend.token_to_id(sep)
+
+
+def _from_transformers(text: str, local: Path, is_dir: bool) -> tuple[Any, int | None, int | None]:
+    """Backend, [CLS] id and [SEP] id through ``AutoTokenizer`` (hub ids, vocab.txt-only dirs)."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(local) if is_dir else text, use_fast=True,
+                                            local_files_only=is_dir)
+    except Exception as exc:  # OSError / ValueError / hub errors all mean "cannot load"
+        hint = ("the directory needs tokenizer.json or vocab.txt" if is_dir else
+                "give a local directory, or a hub id with network access (HF_HUB_OFFLINE is "
+                "set in tests)")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise TokenizerError(f"cannot load tokenizer {text!r}: {exc.__class__.__name__}: {first}; {hint}") from exc
+    if not getattr(tok, "is_fast", False):
+        raise TokenizerError(f"tokenizer {text!r} has no fast (Rust) version; give a directory with tokenizer.json")
+    # a copy, so the tokenizer cached inside transformers keeps its own settings
+    return Tokenizer.from_str(tok.backend_tokenizer.to_str()), tok.cls_token_id, tok.sep_token_id
+
+
+def load_bert_tokenizer(name_or_dir: str | Path = DEFAULT_TOKENIZER) -> BertTokenizer:
+    """Load a fast tokenizer from a local directory or a hub id (downloads only for a hub id).
+
+    A directory with ``tokenizer.json`` is read by ``tokenizers`` directly (fast start); anything
+    else goes through ``transformers.AutoTokenizer``. The tokenizer must add [CLS]/[SEP]
+    (BERT-style). The name recorded is the hub id, or the directory's name for a local one (no
+    absolute path ends up in a store).
+    """
+    text = str(name_or_dir)
+    local = Path(text).expanduser()
+    is_dir = local.is_dir()
+    if is_dir and (local / "tokenizer.json").is_file():
+        backend, cls_id, sep_id = _from_tokenizer_json(local)
+    else:
+        backend, cls_id, sep_id = _from_transformers(text, local, is_dir)
+    backend.no_truncation()
+    backend.no_padding()
+    if cls_id is None or sep_id is None:
+        raise TokenizerError(f"tokenizer {text!r} has no [CLS]/[SEP] tokens; it is not a BERT-style tokenizer")
+    probe = backend.encode("probe", add_special_tokens=True).ids
+    if not probe or probe[0] != cls_id or probe[-1] != sep_id:
+        raise TokenizerError(f"tokenizer {text!r} does not add [CLS] … [SEP] around a caption; give a BERT "
+                             "WordPiece tokenizer")
+    vocab = backend.get_vocab()
+    canonical = json.dumps(vocab, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return BertTokenizer(name=local.name if is_dir else text, backend=backend, cls_id=cls_id, sep_id=sep_id,
+                         vocab_sha256=sha256_bytes(canonical.encode("utf-8")), vocab_size=len(vocab))
+
+
+def encode_captions(tok: BertTokenizer, texts: Sequence[str], max_length: int | None = None
+                    ) -> tuple[list[list[int]], int]:
+    """Token ids with [CLS]/[SEP] per caption and the number of captions truncated to ``max_length``."""
+    values, offsets, truncated = tok.encode_flat(texts, max_length)
+    return [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))], truncated

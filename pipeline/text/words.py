@@ -1,0 +1,100 @@
+"""SCAN's word tokenization without NLTK data: ``word_tokenize(caption.lower())``.
+
+SCAN and SGRAF build their vocabularies with NLTK's ``word_tokenize`` = Punkt sentence splitting
+(needs the downloaded ``punkt`` model) followed by the Penn Treebank word tokenizer, as NLTK shipped
+them around 2018. Both are re-implemented here from their documented behaviour:
+
+- sentences end at a word ending in ``.`` followed by more text, unless the word is a known
+  abbreviation (``mr.``, ``st.``), an initial (``w.``), has inner periods (``u.s.``) or is an
+  ellipsis — Punkt's decisions on lower-cased captions; only a sentence-final period is split off;
+- Treebank rules: opening ``"`` → `````, closing ``"`` → ``''``; ``, ; : @ # $ % & ? !`` and
+  brackets split off (``,``/``:`` not between digits); ``...`` and ``--`` become tokens;
+  clitics ``'s 'm 'd 'll 're 've n't`` split off; ``cannot gonna gotta wanna gimme lemme`` split.
+
+The shipped SGRAF vocabularies keep exactly the traces of that older tokenizer (``'s``, ``n't``,
+``mr.``, ``u.s.``, ``building..``), which is why the modern NLTK changes (``..`` splitting, leading
+``'a``) are *not* copied here.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Abbreviations Punkt's English model does not end a sentence at (the ones captions use).
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st ave jr sr vs etc e.g i.e u.s u.k d.c a.m p.m no co inc ltd mt ft rd blvd hwy "
+    "approx apt dept est fig gen col lt sgt capt prof rev jan feb mar apr jun jul aug sep sept oct "
+    "nov dec".split())
+
+_SENTENCE_END = re.compile(r"(\S+?)\.([\]\)}>\"']*)(\s+)(?=\S)")
+
+_STARTING_QUOTES = [
+    (re.compile(r'^"'), r"``"),
+    (re.compile(r"(``)"), r" \1 "),
+    (re.compile(r'([ (\[{<])"'), r"\1 `` "),
+]
+_PUNCTUATION = [
+    (re.compile(r"([:,])([^\d])"), r" \1 \2"),
+    (re.compile(r"([:,])$"), r" \1 "),
+    (re.compile(r"\.\.\."), r" ... "),
+    (re.compile(r"[;@#$%&]"), r" \g<0> "),
+    (re.compile(r"([^\.])(\.)([\]\)}>\"']*)\s*$"), r"\1 \2\3 "),
+    (re.compile(r"[?!]"), r" \g<0> "),
+    (re.compile(r"([^'])' "), r"\1 ' "),
+]
+_BRACKETS = [
+    (re.compile(r"[\]\[\(\)\{\}\<\>]"), r" \g<0> "),
+    (re.compile(r"--"), r" -- "),
+]
+_ENDING_QUOTES = [
+    (re.compile(r'"'), " '' "),
+    (re.compile(r"(\S)('')"), r"\1 \2 "),
+    (re.compile(r"([^' ])('[sS]|'[mM]|'[dD]|') "), r"\1 \2 "),
+    (re.compile(r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) "), r"\1 \2 "),
+]
+_CONTRACTIONS = [re.compile(p) for p in (
+    r"(?i)\b(can)(not)\b", r"(?i)\b(d)('ye)\b", r"(?i)\b(gim)(me)\b", r"(?i)\b(gon)(na)\b",
+    r"(?i)\b(got)(ta)\b", r"(?i)\b(lem)(me)\b", r"(?i)\b(mor)('n)\b", r"(?i)\b(wan)(na) ",
+    r"(?i) ('t)(is)\b", r"(?i) ('t)(was)\b")]
+
+
+def split_sentences(text: str) -> list[str]:
+    """Cut ``text`` where Punkt would: after ``word.`` that is no abbreviation, initial or ellipsis."""
+    pieces: list[str] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        word = match.group(1)
+        if word.endswith(".") or "." in word or len(word) == 1 or word.lower() in ABBREVIATIONS:
+            continue  # ellipsis / inner periods (u.s.) / initial (w.) / abbreviation (st.)
+        end = match.start(3)
+        pieces.append(text[start:end])
+        start = match.end(3)
+    pieces.append(text[start:])
+    return [p for p in pieces if p.strip()]
+
+
+def treebank_tokenize(sentence: str) -> list[str]:
+    """Penn Treebank word tokenization of one sentence."""
+    text = sentence
+    for pattern, repl in _STARTING_QUOTES:
+        text = pattern.sub(repl, text)
+    for pattern, repl in _PUNCTUATION:
+        text = pattern.sub(repl, text)
+    for pattern, repl in _BRACKETS:
+        text = pattern.sub(repl, text)
+    text = f" {text} "
+    for pattern, repl in _ENDING_QUOTES:
+        text = pattern.sub(repl, text)
+    for pattern in _CONTRACTIONS:
+        text = pattern.sub(r" \1 \2 ", text)
+    return text.split()
+
+
+def word_tokenize(text: str) -> list[str]:
+    """NLTK-style ``word_tokenize`` (sentence split, then Treebank) without downloaded data."""
+    return [tok for sentence in split_sentences(text) for tok in treebank_tokenize(sentence)]
+
+
+def scan_tokenize(caption: str) -> list[str]:
+    """What SCAN does to a caption before looking words up: lower-case, then word_tokenize."""
+    return word_tokenize(caption.lower())
