@@ -380,6 +380,7 @@ def load_authors_checkpoint(path: str | os.PathLike[str], kind: str | None = Non
     """
     src = str(path)
     ckpt = read_torch_checkpoint(path)
+    asked = (kind or "").lower()
     kind = (kind or detect_kind(ckpt, src)).lower()
     if kind.startswith("sgraf"):
         kind = "sgraf"
@@ -395,6 +396,9 @@ def load_authors_checkpoint(path: str | os.PathLike[str], kind: str | None = Non
                                         "[img_enc, txt_enc, sim_enc]")
         states = [_plain_state(p, f"model[{i}]", src) for i, p in enumerate(parts)]
         config: Any = sgraf_config_from_checkpoint(ckpt, states, src)
+        if asked in ("sgraf-sgr", "sgraf-saf") and asked != f"sgraf-{config.module.lower()}":
+            raise CheckpointLayoutError(f"{src}: asked for {asked} but the checkpoint is an "
+                                        f"SGRAF {config.module} model (opt.module_name)")
         state = {f"{prefix}.{k}": v for prefix, part in zip(("img_enc", "txt_enc", "sim_enc"), states)
                  for k, v in part.items()}
     else:

@@ -288,6 +288,10 @@ def test_sgraf_extra_key_and_wrong_structure_are_named(tmp_path):
     ckpt["model"] = ckpt["model"][:2]
     with pytest.raises(CheckpointLayoutError, match="list of 3 state dicts"):
         load_authors_checkpoint(save_legacy(ckpt, tmp_path / "y.pth"))
+    good = save_legacy(authors_sgraf_dict(sgraf_model("SGR")), tmp_path / "sgr.pth")
+    with pytest.raises(CheckpointLayoutError, match="asked for sgraf-saf.*SGR"):
+        load_authors_checkpoint(good, "sgraf-saf")
+    assert load_authors_checkpoint(good, "sgraf-sgr").config.module == "SGR"
     with pytest.raises(CheckpointLayoutError, match="'model'"):
         load_authors_checkpoint(save_legacy({"weights": {}}, tmp_path / "z.pth"))
 
