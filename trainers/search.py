@@ -85,7 +85,7 @@ def choose_index(kind: str, n: int) -> str:
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None,
-                nprobe: int = 16, hnsw_m: int = 32) -> Any:
+                nprobe: int = 32, hnsw_m: int = 32) -> Any:
     """A faiss inner-product index over ``vectors`` [N, D] (float32, l2-normalised)."""
     import faiss
 

@@ -50,7 +50,21 @@ def load_tile(root: str | os.PathLike[str] | None, file: str | None, size: int =
         try:
             path = safe_join(root, file, what="image file")
             with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
+                im = ImageOps.exif_transpose(im)
+                if im.mode.startswith("I"):
+                    # 16/32-bit greyscale: Pillow's RGB conversion clips it to white; rescale.
+                    import numpy as np
+
+                    arr = np.asarray(im, dtype=np.float64)
+                    top = 65535.0 if arr.max() > 255 else 255.0
+                    im = Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype(np.uint8))
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                    # Composite transparent pixels over white instead of dropping alpha.
+                    rgba = im.convert("RGBA")
+                    im = Image.new("RGB", rgba.size, "white")
+                    im.paste(rgba, mask=rgba.getchannel("A"))
+                else:
+                    im = im.convert("RGB")
                 im.thumbnail((size, size))
                 tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
                 return tile

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from eval_fixtures import tiny_transformer_model
 from itmflow.errors import ConfigError
 from trainers.models.sgraf import SGRAF, SgrafConfig
-from trainers.models.teran import TERAN, TeranConfig
-from trainers.models.tern import TERN, TernConfig
+from trainers.models.teran import TERAN
 from trainers.scoring import block_sizes, encode, ensemble, pair_bytes, score_encoded, score_matrix
 
 EPS = 1e-8
@@ -105,10 +105,7 @@ def word_batches(n: int, bs: int, vocab: int, seed: int = 3) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_teran(minilm_dir: Path) -> TERAN:
-    torch.manual_seed(0)
-    model = TERAN(TeranConfig(bert=str(minilm_dir), bert_layers=1, feature_dim=48,
-                              visual_layers=1, embed_size=32, layers=1, ff_dim=64))
-    return model.eval()
+    return tiny_transformer_model("teran", minilm_dir, 0, feature_dim=48).eval()
 
 
 def _tiny_sgraf(module: str, seed: int) -> SGRAF:
@@ -188,9 +185,7 @@ def test_sgraf_ensemble_is_mean_of_sgr_and_saf() -> None:
 
 
 def test_tern_dot_products_and_float16_buffers(minilm_dir: Path) -> None:
-    torch.manual_seed(1)
-    model = TERN(TernConfig(bert=str(minilm_dir), bert_layers=1, feature_dim=48, visual_layers=1,
-                            embed_size=32, layers=1, ff_dim=64)).eval()
+    model = tiny_transformer_model("tern", minilm_dir, 1, feature_dim=48).eval()
     imgs = image_batches(6, 4, 8, 48, fixed=False)
     caps = bert_batches(12, 5)
     sims = score_matrix(model, imgs, caps)
