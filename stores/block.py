@@ -25,20 +25,29 @@ class Block:
     height: np.ndarray
     num_regions: np.ndarray
     offsets: np.ndarray
-    features: np.ndarray
+    features: np.ndarray | None
     regions: dict[str, np.ndarray | None]
+    #: Per-row feature arrays instead of the stacked ``features`` (which is then None): the write path
+    #: hands rows to the encoders without stacking them, and the Parquet reader hands out views of
+    #: each row group's buffer. Either way each byte is copied once less.
+    feature_rows: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.image_id)
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict[str, Any]], feature_dim: int, dtype: np.dtype,
-                  present: Sequence[str]) -> "Block":
-        """Stack validated rows (see :func:`stores.schema.validate_row`)."""
+                  present: Sequence[str], *, stack_features: bool = True) -> "Block":
+        """Stack validated rows (see :func:`stores.schema.validate_row`); with
+        ``stack_features=False`` the features stay per row in ``feature_rows``."""
         counts = np.array([r["num_regions"] for r in rows], dtype=np.int64)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        if rows:
+        feature_rows = None
+        if not stack_features:
+            features = None
+            feature_rows = [r["features"] for r in rows]
+        elif rows:
             features = np.concatenate([r["features"] for r in rows], axis=0)
         else:
             features = np.zeros((0, feature_dim), dtype=dtype)
@@ -54,7 +63,7 @@ class Block:
                    width=np.array([r["width"] for r in rows], dtype=SCALAR_FIELDS["width"]),
                    height=np.array([r["height"] for r in rows], dtype=SCALAR_FIELDS["height"]),
                    num_regions=counts.astype(SCALAR_FIELDS["num_regions"]), offsets=offsets,
-                   features=features, regions=regions)
+                   features=features, regions=regions, feature_rows=feature_rows)  # type: ignore[arg-type]
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` as the contract's dict (arrays are views into the block)."""
@@ -64,8 +73,15 @@ class Block:
                                "num_regions": int(self.num_regions[i])}
         for name, arr in self.regions.items():
             out[name] = None if arr is None else arr[a:b]
-        out["features"] = self.features[a:b]
+        out["features"] = self.features[a:b] if self.features is not None else self.feature_rows[i]  # type: ignore[index]
         return out
+
+    def flat_features(self) -> np.ndarray:
+        """All features as one ``[R, D]`` array (a copy when the block holds per-row arrays)."""
+        if self.features is not None:
+            return self.features
+        rows = self.feature_rows or []
+        return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """All rows in order."""

@@ -109,7 +109,7 @@ def _check_part(file: Path, name: str, part: dict, settings: StoreSettings, k: i
                 if k is not None and n != k:
                     report.problems.append((name, f"row {row_no} (image_id {image_id!r}): {n} regions, the "
                                                   f"region policy is fixed K={k}"))
-            finite = np.isfinite(block.features).all(axis=1)
+            finite = np.isfinite(block.flat_features()).all(axis=1)
             if not finite.all():
                 region = int(np.argmin(finite))
                 i = int(np.searchsorted(block.offsets, region, side="right")) - 1

@@ -1,8 +1,8 @@
 """RegionStoreWriter: append rows to a region store in atomically committed parts, and resume.
 
-Commit protocol (design.md, store contract v1): the pending rows are encoded in memory, written to
-``.part-NNNNN.<ext>.tmp`` while a thread hashes the same bytes, flushed and fsynced, renamed to
-``part-NNNNN.<ext>``, the directory is fsynced, and only then is ``manifest.json`` rewritten
+Commit protocol (design.md, store contract v1): the pending rows are written to
+``.part-NNNNN.<ext>.tmp-<pid>`` (Parquet: encoded in memory and hashed by a second thread while
+written; HDF5: written by libhdf5, then hashed), flushed and fsynced, renamed to ``part-NNNNN.<ext>``, the directory is fsynced, and only then is ``manifest.json`` rewritten
 atomically. A crash at any point leaves either the old manifest (the new part is debris, removed on
 resume) or the new one; committed parts are never touched again.
 """
@@ -14,10 +14,10 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from itmflow.errors import StoreCorruptError, StoreError
-from itmflow.files import fsync_dir
+from itmflow.files import fsync_dir, sha256_file
 from stores import hdf5_part, parquet_part
 from stores.block import Block
 from stores.manifest import load_manifest, manifest_path, new_manifest, save_manifest, settings_mismatch
@@ -51,6 +51,23 @@ def write_part_bytes(directory: Path, name: str, data: Any) -> tuple[str, int]:
     os.replace(tmp, directory / name)
     fsync_dir(directory)
     return digest.hexdigest(), view.nbytes
+
+
+def write_part_file(directory: Path, name: str, produce: Callable[[Path], None]) -> tuple[str, int]:
+    """Let ``produce(tmp)`` write a complete file, then fsync, hash, rename it to ``directory/name``."""
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    try:
+        produce(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        digest = sha256_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    size = tmp.stat().st_size
+    os.replace(tmp, directory / name)
+    fsync_dir(directory)
+    return digest, size
 
 
 class RegionStoreWriter:
@@ -152,14 +169,14 @@ class RegionStoreWriter:
         if not self._pending:
             return None
         block = Block.from_rows(self._pending, self.settings.feature_dim, self.settings.dtype,
-                                self.settings.present_region_fields())
-        if self.settings.storage == "parquet":
-            data: Any = parquet_part.encode_part(block, self.settings, self.row_group_rows)
-        else:
-            data = hdf5_part.encode_part(block, self.settings)
+                                self.settings.present_region_fields(), stack_features=False)
         index = 1 + max((_part_index(p["file"]) for p in self.manifest["parts"]), default=-1)
         name = part_name(index, self.settings.storage)
-        sha, size = write_part_bytes(self.path, name, data)
+        if self.settings.storage == "parquet":
+            sha, size = write_part_bytes(self.path, name, parquet_part.encode_part(block, self.settings,
+                                                                                  self.row_group_rows))
+        else:
+            sha, size = write_part_file(self.path, name, lambda tmp: hdf5_part.write_part(block, self.settings, tmp))
         self.manifest["parts"].append({"file": name, "rows": len(block), "regions": int(block.offsets[-1]),
                                        "sha256": sha, "bytes": size})
         save_manifest(self.path, self.manifest)
