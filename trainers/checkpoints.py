@@ -326,7 +326,9 @@ def tern_config_from_checkpoint(ckpt: dict[str, Any], state: dict[str, Tensor], 
         if mode not in ("MrSw", "MwSr", "symm"):
             raise CheckpointLayoutError(f"{path}: training.alignment-mode {mode!r} is not "
                                         "supported (MrSw, MwSr, symm)")
-        return TeranConfig(**values, aggregation=mode)  # type: ignore[arg-type]
+        # Their evaluation pads captions to 88 tokens with zeros that take part in MwSr's max.
+        return TeranConfig(**values, aggregation=mode,  # type: ignore[arg-type]
+                           mwsr_zero_floor=mode in ("MwSr", "symm"))
     return TernConfig(**values)
 
 

@@ -235,11 +235,12 @@ def test_tern_release_loads_and_reproduces_outputs(tmp_path, legacy):
 
 @pytest.mark.parametrize("alignment", ["MrSw", "MwSr"])
 def test_teran_release_loads_and_reproduces_outputs(tmp_path, alignment):
-    model = tern_like("teran", aggregation=alignment)
+    model = tern_like("teran", aggregation=alignment, mwsr_zero_floor=alignment == "MwSr")
     path = save_legacy(authors_tern_dict(model, "teran", alignment=alignment), tmp_path / "t.pth")
     loaded = load_authors_checkpoint(path)
     assert isinstance(loaded, TERAN)
     assert loaded.config.aggregation == alignment and not loaded.config.shared_transformer
+    assert loaded.config.mwsr_zero_floor == (alignment == "MwSr")
     assert len(loaded.import_report.unused_expected) == 7
     imgs, caps = images(k=6), bert_captions()
     with torch.no_grad():

@@ -121,7 +121,7 @@ def test_teran_word_positions_are_1_to_L_minus_3():
     assert ref[:, 3].abs().max() == 0  # a caption with no scored word scores 0
 
 
-def _loop_alignment(regions, rmask, words, wmask, how):
+def _loop_alignment(regions, rmask, words, wmask, how, floor=None):
     out = torch.zeros(regions.shape[0], words.shape[0])
     for i in range(regions.shape[0]):
         for c in range(words.shape[0]):
@@ -129,7 +129,8 @@ def _loop_alignment(regions, rmask, words, wmask, how):
             ws = [words[c, w] for w in range(words.shape[1]) if wmask[c, w]]
             a = [[float(r @ w) for w in ws] for r in rs]
             mrsw = sum(max(a[r][w] for r in range(len(rs))) for w in range(len(ws))) if rs else 0.0
-            mwsr = sum(max(a[r][w] for w in range(len(ws))) for r in range(len(rs))) if ws else 0.0
+            mwsr = sum(max([a[r][w] for w in range(len(ws))] + ([floor] if floor is not None else []))
+                       for r in range(len(rs))) if ws else 0.0
             out[i, c] = {"MrSw": mrsw, "MwSr": mwsr, "symm": mrsw + mwsr}[how]
     return out
 
@@ -144,6 +145,14 @@ def test_teran_aggregations_match_an_independent_loop(how):
     got = alignment_scores(regions, rmask, words, wmask, how)
     torch.testing.assert_close(got, _loop_alignment(regions, rmask, words, wmask, how),
                                atol=1e-5, rtol=0)
+    # The authors' padded evaluation: zeros from padding take part in MwSr's max over words.
+    floored = alignment_scores(regions, rmask, words, wmask, how, mwsr_zero_floor=True)
+    torch.testing.assert_close(floored, _loop_alignment(regions, rmask, words, wmask, how, 0.0),
+                               atol=1e-5, rtol=0)
+    if how == "MrSw":
+        torch.testing.assert_close(floored, got)
+    else:
+        assert not torch.allclose(floored, got)  # some region has only negative cosines here
 
 
 def test_teran_block_scores_equal_single_pairs():

@@ -11,7 +11,9 @@ loss). ``A[r, w]`` = cosine(region r, word w); aggregations:
 
 Maxima are taken over *valid* entries only. The authors fill masked entries with 0 before the max,
 which makes a score depend on how much padding its batch happened to have; with a fixed 36 regions
-and MrSw (the released models) both definitions coincide.
+and MrSw (the released models) both definitions coincide. Their evaluation pads every caption to
+88 tokens, so their MwSr per-region maximum is in effect ``max(0, max_w A)``;
+``mwsr_zero_floor`` reproduces that (set when an authors' TERAN checkpoint is loaded).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class TeranConfig(TernConfig):
 
     shared_transformer: bool = False
     aggregation: Aggregation = "MrSw"
+    mwsr_zero_floor: bool = False
+    """Floor MwSr's per-region max over words at 0, as the authors' padded evaluation does."""
 
 
 def _masked_max(x: Tensor, valid: Tensor, dim: int) -> Tensor:
@@ -44,7 +48,7 @@ def _masked_max(x: Tensor, valid: Tensor, dim: int) -> Tensor:
 
 
 def alignment_scores(regions: Tensor, region_mask: Tensor, words: Tensor, word_mask: Tensor,
-                     aggregation: Aggregation = "MrSw") -> Tensor:
+                     aggregation: Aggregation = "MrSw", mwsr_zero_floor: bool = False) -> Tensor:
     """Vectorised TERAN score of every image against every caption → ``[n_img, n_cap]``.
 
     ``regions [Ni, R, E]`` / ``words [Nc, W, E]`` are unit vectors, masks are boolean. Memory is
@@ -60,6 +64,8 @@ def alignment_scores(regions: Tensor, region_mask: Tensor, words: Tensor, word_m
         score = score + per_word.masked_fill(~word_mask[None], 0).sum(dim=2)
     if aggregation in ("MwSr", "symm"):
         per_region = _masked_max(a, valid, dim=3)                 # [Ni, Nc, R]
+        if mwsr_zero_floor:
+            per_region = per_region.clamp(min=0)
         score = score + per_region.masked_fill(~region_mask[:, None], 0).sum(dim=2)
     return score
 
@@ -95,7 +101,8 @@ class TERAN(TransformerEncoders):
 
     def similarity(self, img_emb: dict[str, Tensor], cap_emb: dict[str, Tensor]) -> Tensor:
         return alignment_scores(img_emb["regions"], img_emb["region_mask"], cap_emb["words"],
-                                cap_emb["word_mask"], self.config.aggregation)
+                                cap_emb["word_mask"], self.config.aggregation,
+                                self.config.mwsr_zero_floor)
 
     def global_embeddings(self, emb: dict[str, Tensor]) -> Tensor:
         """The l2-normalised I-CLS / T-CLS vectors (unused by the alignment, handy for search)."""
