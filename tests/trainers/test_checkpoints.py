@@ -41,7 +41,6 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def images(k: int = 36, b: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     box = torch.rand(b, k, 4, generator=g).sort(dim=-1).values
-    box = box[..., [0, 1, 2, 3]]
     area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
     return {"features": torch.randn(b, k, D, generator=g).abs(),
             "geometry": torch.cat([box, area[..., None]], -1),
