@@ -280,8 +280,8 @@ class SGRAF(MatchingModel):
             raise ModelInputError(f"SGRAF expects image features [B, {self.config.num_regions}, "
                                   f"{self.config.feature_dim}], got {shape}")
         check_regions(feats.shape[1], images.get("num_regions"), self.config.num_regions)
-        device = self.img_enc.fc.weight.device
-        regions = self.img_enc(feats.to(device).float())
+        weight = self.img_enc.fc.weight
+        regions = self.img_enc(feats.to(device=weight.device, dtype=weight.dtype))
         img_glo = self.sim_enc.v_global_w(regions, regions.mean(dim=1))
         return {"regions": regions, "global": img_glo}
 

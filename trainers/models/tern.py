@@ -77,10 +77,12 @@ class TransformerEncoders(MatchingModel):
     def image_tokens(self, images: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``([B, K+1, E] outputs, [B, K+1] valid)``; position 0 is the I-CLS."""
         check_image_batch(images, self.config.feature_dim, need_geometry=True)
-        device = self.img_proj.weight.device
-        feats, geom, valid = prepend_image_cls(images["features"].to(device).float(),
-                                               images["geometry"].to(device).float(),
-                                               images["num_regions"].to(device))
+        # Stores may hold float16 features; compute in the weights' dtype (float32 unless cast).
+        weight = self.img_proj.weight
+        feats, geom, valid = prepend_image_cls(
+            images["features"].to(device=weight.device, dtype=weight.dtype),
+            images["geometry"].to(device=weight.device, dtype=weight.dtype),
+            images["num_regions"].to(weight.device))
         x = self.img_proj(self.img_enc(feats, geom, valid))
         top = self.transformer_encoder_1 if self.config.shared_transformer \
             else self.transformer_encoder_2
