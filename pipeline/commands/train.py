@@ -1,9 +1,106 @@
-"""`itmflow train` (placeholder until its issue lands: registers nothing yet)."""
+"""`itmflow train tern|teran|sgraf-sgr|sgraf-saf`: train a matcher on a region + caption store."""
 
 from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
 
+class ModelName(str, Enum):
+    """The models `itmflow train` knows."""
+
+    tern = "tern"
+    teran = "teran"
+    sgraf_sgr = "sgraf-sgr"
+    sgraf_saf = "sgraf-saf"
+
+
+class DatasetPreset(str, Enum):
+    """Which paper preset the defaults come from."""
+
+    coco = "coco"
+    f30k = "f30k"
+
+
+def _overrides(config_file: Optional[Path], options: dict[str, Any]) -> dict[str, Any]:
+    from itmflow.config import load_yaml
+
+    data = load_yaml(config_file) if config_file is not None else {}
+    data.update({k: v for k, v in options.items() if v is not None})
+    return data
+
+
+def train_command(
+    model: ModelName = typer.Argument(..., help="Model to train: tern, teran, sgraf-sgr or sgraf-saf."),
+    regions: Path = typer.Option(..., "--regions", help="Region store directory (itmflow extract)."),
+    captions: Path = typer.Option(..., "--captions", help="Caption store directory (itmflow tokenize)."),
+    out: Path = typer.Option(..., "--out", help="Run directory: config, log, curves, best/ and last/."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file overriding the preset "
+                                          "(any TrainConfig key; model sizes under model_config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where "
+                                "its last checkpoint stopped."),
+    dataset: Optional[DatasetPreset] = typer.Option(None, "--dataset", help="Paper preset: coco "
+                                                    "(default) or f30k."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of epochs (preset: paper's)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many iterations."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N iterations "
+                                            "(0: at epoch ends only)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    bert: Optional[str] = typer.Option(None, "--bert", help="BERT directory or hub id for TERN/TERAN "
+                                       "(default bert-base-uncased)."),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN word-vocabulary JSON for SGRAF "
+                                         "(sets the vocabulary size; copied into the run)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train TERN, TERAN or SGRAF with the paper's preset on our stores."""
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from itmflow.errors import ConfigError
+    from trainers.presets import build_config
+    from trainers.train import train
+
+    options: dict[str, Any] = {
+        "dataset": dataset.value if dataset else None, "epochs": epochs, "max_steps": max_steps,
+        "batch_size": batch_size, "lr": lr, "val_every": val_every, "seed": seed,
+        "device": device, "workers": workers, "progress": progress}
+    overrides = _overrides(config, options)
+    if vocab is not None:
+        from pipeline.text.vocab import WordVocab
+
+        if not vocab.is_file():
+            raise ConfigError(f"--vocab {vocab} does not exist; give the word-vocabulary JSON "
+                              "the caption store was tokenized with")
+        size = len(WordVocab.load(vocab))
+        overrides.setdefault("model_config", {}).setdefault("vocab_size", size)
+    cfg = build_config(model.value, overrides=overrides, where=str(config or "options"))
+    console = Console(stderr=True)
+    summary = train(cfg, regions, captions, out, resume=resume, bert=bert, console=console)
+    if vocab is not None:
+        shutil.copyfile(vocab, out / "vocab.json")
+    best = summary.get("best") or {}
+    table = Table(title=f"{cfg.model}: best validation (step {summary['best_step']})")
+    for col in ("direction", "R@1", "R@5", "R@10", "medr"):
+        table.add_column(col)
+    for direction in ("i2t", "t2i"):
+        m = best.get(direction)
+        if m:
+            table.add_row(direction, f"{m['r1']:.1f}", f"{m['r5']:.1f}", f"{m['r10']:.1f}",
+                          f"{m['medr']:.0f}")
+    Console().print(table)
+    typer.echo(f"rsum {best.get('rsum', float('nan')):.1f}; {summary['steps']} steps; run in {out}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to `app`."""
+    """Add `itmflow train` to `app`."""
+    app.command("train", help="Train TERN / TERAN / SGRAF on a region store and a caption store.")(
+        train_command)
