@@ -367,3 +367,18 @@ def test_minilm_tern_saves_and_reloads_offline(tmp_path, minilm_dir):
             "bert_lengths": torch.tensor([7])}
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_captions(caps), model.encode_captions(caps))
+
+
+def test_a_file_saved_from_gpu_tensors_loads_on_cpu(tmp_path, monkeypatch):
+    """The releases were saved from CUDA models: their storages carry the location 'cuda:0'.
+    No GPU here, so the file is written with the location tag torch would have recorded."""
+    import torch.serialization as serialization
+
+    model = sgraf_model("SGR")
+    with monkeypatch.context() as patch:
+        patch.setattr(serialization, "location_tag", lambda storage: "cuda:0")
+        path = save_legacy(authors_sgraf_dict(model), tmp_path / "gpu.pth.tar")
+    assert b"cuda:0" in path.read_bytes()
+    loaded = load_authors_checkpoint(path)
+    assert loaded.img_enc.fc.weight.device.type == "cpu"
+    torch.testing.assert_close(loaded.img_enc.fc.weight, model.img_enc.fc.weight)
