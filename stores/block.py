@@ -30,7 +30,7 @@ class Block:
     #: Per-row feature arrays instead of the stacked ``features`` (which is then None): the write path
     #: hands rows to the encoders without stacking them, and the Parquet reader hands out views of
     #: each row group's buffer. Either way each byte is copied once less.
-    feature_rows: list[np.ndarray] | None = None
+    feature_rows: Sequence[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -80,7 +80,7 @@ class Block:
         """All features as one ``[R, D]`` array (a copy when the block holds per-row arrays)."""
         if self.features is not None:
             return self.features
-        rows = self.feature_rows or []
+        rows = [self.feature_rows[i] for i in range(len(self.feature_rows))] if self.feature_rows else []
         return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def rows(self) -> Iterator[dict[str, Any]]:

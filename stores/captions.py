@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from itmflow.errors import SchemaVersionError, StoreCorruptError, StoreError
 from itmflow.files import atomic_write_json
 from itmflow.provenance import provenance
-from stores.writer import write_part_bytes
+from stores.writer import write_part_file
 
 FORMAT = "itmflow.captions"
 SCHEMA_VERSION = 1
@@ -83,9 +83,8 @@ def write_caption_store(path: str | os.PathLike[str], table_or_rows: pa.Table | 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     table = _to_table(table_or_rows)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=65536)
-    sha, size = write_part_bytes(directory, TABLE_NAME, sink.getvalue())
+    sha, size = write_part_file(directory, TABLE_NAME, lambda tmp: pq.write_table(
+        table, tmp, compression="zstd", row_group_size=65536))
     splits: dict[str, int] = {}
     for s in table.column("split").to_pylist():
         splits[s] = splits.get(s, 0) + 1

@@ -16,9 +16,10 @@ half-written HDF5 file can ever be named a part.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -60,6 +61,21 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
         fid.create_dataset("features", data=features, chunks=chunks)
 
 
+class _LazyRows:
+    """Sequence of per-row feature arrays produced on access."""
+
+    def __init__(self, get: Callable[[int], np.ndarray], start: int, stop: int) -> None:
+        self._get, self._start, self._n = get, start, stop - start
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(self._start + i)
+
+
 class HDF5PartReader:
     """Reads one HDF5 part; the file opens on first use (so a reader can be built, then forked)."""
 
@@ -92,8 +108,53 @@ class HDF5PartReader:
             self._scalars = {n: self._fid[n][()] for n in SCALAR_FIELDS}
             # Dataset objects looked up once: a name lookup per read costs as much as a small read.
             self._ds = {n: self._fid[n] for n in ("features", *self.settings.present_region_fields())}
+            self._map_chunks()
             self._files: list[str] | None = None
         return self._fid
+
+    def _map_chunks(self) -> None:
+        """For fixed K without filters, find each image's chunk in the file and map the file.
+
+        Every chunk is then one plain slice of the file: a row is one memcpy from the page cache,
+        without libhdf5's per-chunk B-tree lookup (which dominated sequential-read CPU). Anything
+        unexpected (filters, other chunk shapes, byte order, a short file) keeps the h5py path.
+        """
+        self._chunk_off: np.ndarray | None = None
+        self._map = None
+        ds, k, dim = self._ds["features"], self.settings.fixed_k, self.settings.feature_dim
+        n = len(self._offsets) - 1
+        if (k is None or n == 0 or ds.chunks != (k, dim) or ds.dtype != self.settings.dtype
+                or ds.id.get_create_plist().get_nfilters() or not hasattr(ds.id, "chunk_iter")):
+            return
+        nbytes = k * dim * ds.dtype.itemsize
+        offs = np.full(n, -1, dtype=np.int64)
+
+        def visit(info: Any) -> None:
+            if info.size != nbytes or info.filter_mask or info.chunk_offset[1] != 0:
+                raise ValueError("unexpected chunk")
+            offs[info.chunk_offset[0] // k] = info.byte_offset
+
+        try:
+            ds.id.chunk_iter(visit)
+        except Exception:  # old HDF5 without H5Dchunk_iter, or an unexpected layout
+            return
+        if (offs < 0).any() or int(offs.max()) + nbytes > self.path.stat().st_size:
+            return
+        self._chunk_off, self._chunk_bytes = offs, nbytes
+        with open(self.path, "rb") as handle:  # the mapping outlives the descriptor
+            self._map = np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
+
+    def _mapped_row(self, i: int) -> np.ndarray:
+        """Features of row ``i``: one owned ``[K, D]`` copy out of the mapped file."""
+        o = int(self._chunk_off[i])  # type: ignore[index]
+        raw = np.array(self._map[o:o + self._chunk_bytes])  # type: ignore[index]
+        return raw.view(self.settings.dtype).reshape(self.settings.fixed_k, self.settings.feature_dim)
+
+    def _load_names(self) -> None:
+        fid = self._open()
+        if self._files is None:
+            self._ids: list[str] = list(fid["image_id"].asstr()[()])
+            self._files = list(fid["file"].asstr()[()])
 
     def ids(self) -> list[str]:
         """The image ids in row order."""
@@ -101,10 +162,7 @@ class HDF5PartReader:
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` of the part."""
-        fid = self._open()
-        if self._files is None:
-            self._files = list(fid["file"].asstr()[()])
-            self._ids = list(fid["image_id"].asstr()[()])
+        self._load_names()
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
         out: dict[str, Any] = {"image_id": self._ids[i], "file": self._files[i]}
         for name in SCALAR_FIELDS:
@@ -112,7 +170,7 @@ class HDF5PartReader:
         ds = self._ds
         for name in REGION_FIELDS:
             out[name] = None if name in self.settings.absent_fields else ds[name][a:b]
-        out["features"] = ds["features"][a:b]
+        out["features"] = self._mapped_row(i) if self._chunk_off is not None else ds["features"][a:b]
         return out
 
     def read_block(self, start: int, stop: int) -> Block:
@@ -120,8 +178,14 @@ class HDF5PartReader:
         fid = self._open()
         a, b = int(self._offsets[start]), int(self._offsets[stop])
         where = f"{self.path} rows {start}-{stop - 1}"
-        feats = self._ds["features"][a:b]
-        if feats.shape[1:] != (self.settings.feature_dim,) or feats.dtype != self.settings.dtype:
+        feats, feature_rows = None, None
+        if self._chunk_off is not None:
+            # Copied row by row when a row is taken, not for the whole block up front: the consumer
+            # usually drops a row before taking the next, so the allocator recycles one buffer.
+            feature_rows = _LazyRows(self._mapped_row, start, stop)
+        else:
+            feats = self._ds["features"][a:b]
+        if feats is not None and (feats.shape[1:] != (self.settings.feature_dim,) or feats.dtype != self.settings.dtype):
             raise StoreCorruptError(f"{where}: features are {feats.dtype}{list(feats.shape)}, the manifest "
                                     f"says {self.settings.feature_dtype}[*, {self.settings.feature_dim}]")
         regions: dict[str, np.ndarray | None] = {}
@@ -130,13 +194,13 @@ class HDF5PartReader:
         counts = self._scalars["num_regions"][start:stop]
         if not np.array_equal(np.diff(self._offsets[start:stop + 1]), counts):
             raise StoreCorruptError(f"{where}: offsets disagree with num_regions")
-        return Block(image_id=list(fid["image_id"].asstr()[start:stop]),
-                     file=list(fid["file"].asstr()[start:stop]),
+        self._load_names()
+        return Block(image_id=self._ids[start:stop], file=self._files[start:stop],
                      width=self._scalars["width"][start:stop], height=self._scalars["height"][start:stop],
                      num_regions=counts, offsets=self._offsets[start:stop + 1] - a,
-                     features=feats, regions=regions)
+                     features=feats, regions=regions, feature_rows=feature_rows)
 
-    def blocks(self, rows_per_block: int = 64) -> Iterator[Block]:
+    def blocks(self, rows_per_block: int = 256) -> Iterator[Block]:
         """Blocks covering the part in order."""
         for start in range(0, self.num_rows, rows_per_block):
             yield self.read_block(start, min(self.num_rows, start + rows_per_block))
@@ -146,3 +210,4 @@ class HDF5PartReader:
         if self._fid is not None and self._pid == os.getpid():
             self._fid.close()
         self._fid = None
+        self._map = None

@@ -83,11 +83,11 @@ class RegionStoreReader:
         """Number of committed parts."""
         return len(self._parts)
 
-    def part_blocks(self, p: int, rows_per_block: int = 64) -> Iterator[Any]:
+    def part_blocks(self, p: int, rows_per_block: int = 256) -> Iterator[Any]:
         """Columnar blocks (:class:`stores.block.Block`) of part ``p`` in order."""
         yield from self._part(p).blocks(rows_per_block)
 
-    def blocks(self, rows_per_block: int = 64) -> Iterator[Any]:
+    def blocks(self, rows_per_block: int = 256) -> Iterator[Any]:
         """Columnar blocks in commit order, each with its part index: ``(p, block)``."""
         for p in range(len(self._parts)):
             for block in self.part_blocks(p, rows_per_block):

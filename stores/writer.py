@@ -1,18 +1,16 @@
 """RegionStoreWriter: append rows to a region store in atomically committed parts, and resume.
 
 Commit protocol (design.md, store contract v1): the pending rows are written to
-``.part-NNNNN.<ext>.tmp-<pid>`` (Parquet: encoded in memory and hashed by a second thread while
-written; HDF5: written by libhdf5, then hashed), flushed and fsynced, renamed to ``part-NNNNN.<ext>``, the directory is fsynced, and only then is ``manifest.json`` rewritten
+``.part-NNNNN.<ext>.tmp-<pid>``, fsynced, hashed (sha256, read back from the page cache), renamed to
+``part-NNNNN.<ext>``, the directory is fsynced, and only then is ``manifest.json`` rewritten
 atomically. A crash at any point leaves either the old manifest (the new part is debris, removed on
 resume) or the new one; committed parts are never touched again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,32 +23,6 @@ from stores.schema import (FAILURES_NAME, StoreSettings, is_part_name, is_temp_n
                            validate_row)
 
 DEFAULT_ROWS_PER_PART = 512
-
-
-def write_part_bytes(directory: Path, name: str, data: Any) -> tuple[str, int]:
-    """Write ``data`` as ``directory/name`` via temp file + fsync + rename; return (sha256, size).
-
-    The sha256 is computed in a second thread over the in-memory bytes while the main thread writes
-    them (hashlib and file writes release the GIL), so hashing costs no extra wall time on 2 cores.
-    """
-    view = memoryview(data)
-    digest = hashlib.sha256()
-    hasher = threading.Thread(target=digest.update, args=(view,))
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    hasher.start()
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(view)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        hasher.join()
-        tmp.unlink(missing_ok=True)
-        raise
-    hasher.join()
-    os.replace(tmp, directory / name)
-    fsync_dir(directory)
-    return digest.hexdigest(), view.nbytes
 
 
 def write_part_file(directory: Path, name: str, produce: Callable[[Path], None]) -> tuple[str, int]:
@@ -173,8 +145,8 @@ class RegionStoreWriter:
         index = 1 + max((_part_index(p["file"]) for p in self.manifest["parts"]), default=-1)
         name = part_name(index, self.settings.storage)
         if self.settings.storage == "parquet":
-            sha, size = write_part_bytes(self.path, name, parquet_part.encode_part(block, self.settings,
-                                                                                  self.row_group_rows))
+            sha, size = write_part_file(self.path, name, lambda tmp: parquet_part.write_part(
+                block, self.settings, tmp, self.row_group_rows))
         else:
             sha, size = write_part_file(self.path, name, lambda tmp: hdf5_part.write_part(block, self.settings, tmp))
         self.manifest["parts"].append({"file": name, "rows": len(block), "regions": int(block.offsets[-1]),
