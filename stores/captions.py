@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from itmflow.errors import SchemaVersionError, StoreCorruptError, StoreError
 from itmflow.files import atomic_write_json
 from itmflow.provenance import provenance
+from stores.manifest import read_manifest_json
 from stores.writer import write_part_file
 
 FORMAT = "itmflow.captions"
@@ -104,13 +105,8 @@ def write_caption_store(path: str | os.PathLike[str], table_or_rows: pa.Table | 
 def read_caption_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked manifest of the caption store at ``path``."""
     mpath = Path(path) / MANIFEST_NAME
-    if not mpath.is_file():
-        raise StoreError(f"{Path(path)} is not a caption store: {MANIFEST_NAME} is missing (create it with "
-                         "`itmflow tokenize`)")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreCorruptError(f"{mpath} cannot be parsed ({exc}); re-run `itmflow tokenize`") from exc
+    manifest = read_manifest_json(path, kind="caption", create_hint="create it with `itmflow tokenize`",
+                                  fix_hint="re-run `itmflow tokenize`")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise StoreError(f"{mpath} is not a caption store manifest (format is not {FORMAT!r})")
     version = manifest.get("schema_version")

@@ -50,17 +50,23 @@ def check_manifest(doc: Any, where: Path) -> dict[str, Any]:
     return doc
 
 
-def load_manifest(store: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check ``<store>/manifest.json``."""
+def read_manifest_json(store: str | os.PathLike[str], *, kind: str, create_hint: str, fix_hint: str) -> Any:
+    """Parse ``<store>/manifest.json`` of a ``kind`` store ("region", "caption") with clear errors."""
     path = manifest_path(store)
     if not path.is_file():
-        raise StoreError(f"{Path(store)} is not a region store: {MANIFEST_NAME} is missing "
-                         "(create one with `itmflow extract` or `itmflow store import`)")
+        raise StoreError(f"{Path(store)} is not a {kind} store: {MANIFEST_NAME} is missing ({create_hint})")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreCorruptError(f"{path} cannot be parsed ({exc}); restore it from a backup") from exc
-    return check_manifest(doc, path)
+        raise StoreCorruptError(f"{path} cannot be parsed ({exc}); {fix_hint}") from exc
+
+
+def load_manifest(store: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``<store>/manifest.json``."""
+    doc = read_manifest_json(store, kind="region",
+                             create_hint="create one with `itmflow extract` or `itmflow store import`",
+                             fix_hint="restore it from a backup")
+    return check_manifest(doc, manifest_path(store))
 
 
 def save_manifest(store: str | os.PathLike[str], doc: dict[str, Any]) -> None:
