@@ -63,28 +63,65 @@ class RegionPolicy:
                 "conf": self.conf_thresh}
 
 
+def _guaranteed_max_conf(overlaps: torch.Tensor, class_prob: torch.Tensor,
+                         top_k: int = 8) -> torch.Tensor:
+    """A lower bound of ``max_conf`` that needs no NMS.
+
+    A box whose class-c probability is strictly higher than that of every box overlapping it is
+    kept by class c's greedy NMS (only a higher-ranked overlapping box can suppress it). Checking
+    each box's ``top_k`` classes is enough for a useful bound (any subset of classes gives a
+    valid one).
+    """
+    neighbours = overlaps.clone()
+    neighbours.fill_diagonal_(False)
+    k = min(top_k, class_prob.shape[1])
+    values, classes = class_prob.topk(k, dim=1)  # [N, k]
+    others = class_prob.t()[classes]  # [N, k, N]: every box's probability of box n's top classes
+    nb_max = torch.where(neighbours[:, None, :], others, class_prob.new_tensor(-1.0)).amax(dim=2)
+    return torch.where(values > nb_max, values, 0.0).amax(dim=1)
+
+
+def _greedy_nms_all_classes(overlaps: torch.Tensor, class_prob: torch.Tensor) -> torch.Tensor:
+    """Exact greedy NMS of every column of ``class_prob`` at once → kept mask ``[N, C]``.
+
+    Works in rank space: step ``r`` takes every class's rank-``r`` box and, where it is still
+    alive, suppresses the lower-ranked boxes it overlaps. The loop runs over ranks, not classes.
+    """
+    n, c = class_prob.shape
+    order = torch.sort(class_prob.t(), dim=1, descending=True, stable=True).indices  # [C, N]
+    suppressed = torch.zeros(c, n, dtype=torch.bool, device=class_prob.device)  # rank space
+    for r in range(n - 1):
+        alive = ~suppressed[:, r]
+        if not bool(alive.any()):
+            continue
+        later = overlaps[order[:, r]].gather(1, order[:, r + 1:])  # [C, N-r-1]
+        suppressed[:, r + 1:] |= later & alive[:, None]
+    kept = torch.zeros(c, n, dtype=torch.bool, device=class_prob.device)
+    kept.scatter_(1, order, ~suppressed)
+    return kept.t()
+
+
 def per_class_nms_max_conf(boxes: torch.Tensor, class_prob: torch.Tensor,
                            threshold: float) -> torch.Tensor:
     """``max_conf[n]`` = max over classes c whose greedy NMS keeps box n of ``class_prob[n, c]``.
 
-    ``boxes`` ``[N, 4]``, ``class_prob`` ``[N, C]`` (foreground classes only). Exact greedy NMS per
-    class with the +1 IoU, vectorised over classes: step ``r`` looks at every class's rank-``r``
-    box and, if it is still alive, suppresses the lower-ranked boxes it overlaps.
+    ``boxes`` ``[N, 4]``, ``class_prob`` ``[N, C]`` (foreground classes only), +1 IoU. Exact and
+    vectorised over classes. Classes that cannot raise any box above a bound it already has
+    (see :func:`_guaranteed_max_conf`) are skipped: with a peaked softmax that is nearly all of
+    the 1600, which is what makes this faster than one NMS call per class.
     """
-    n, c = class_prob.shape
+    n = class_prob.shape[0]
     if n == 0:
         return class_prob.new_zeros(0)
-    overlaps = iou_legacy(boxes, boxes) > threshold  # [N, N]
-    order = torch.sort(class_prob.t(), dim=1, descending=True, stable=True).indices  # [C, N]
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(c, n))
-    suppressed = torch.zeros(c, n, dtype=torch.bool, device=boxes.device)
-    for r in range(n):  # loop over ranks (≤ post-NMS proposals), not over classes
-        top = order[:, r]  # [C]
-        alive = ~suppressed.gather(1, top[:, None]).squeeze(1)
-        suppressed |= alive[:, None] & overlaps[top] & (rank > r)
-    kept_prob = torch.where(suppressed.t(), torch.zeros_like(class_prob), class_prob)
-    return kept_prob.max(dim=1).values
+    overlaps = iou_legacy(boxes, boxes) > threshold  # [N, N], shared by every class
+    bound = _guaranteed_max_conf(overlaps, class_prob)
+    matters = (class_prob > bound[:, None]).any(dim=0)
+    if not bool(matters.any()):
+        return bound
+    prob = class_prob[:, matters]
+    kept = _greedy_nms_all_classes(overlaps, prob)
+    found = torch.where(kept, prob, torch.zeros_like(prob)).amax(dim=1)
+    return torch.maximum(bound, found)
 
 
 def select_caffe(max_conf: torch.Tensor, policy: RegionPolicy) -> torch.Tensor:

@@ -12,6 +12,7 @@ from detectors.butd.anchors import caffe_cell_anchors, grid_anchors
 from detectors.butd.box_ops import clip_boxes, decode_legacy, iou_legacy, min_size_keep, nms_legacy
 from detectors.butd.postprocess import (
     RegionPolicy,
+    _greedy_nms_all_classes,
     geometry,
     per_class_nms_max_conf,
     select_caffe,
@@ -96,17 +97,29 @@ def _reference_max_conf(boxes, prob, thresh):
     return max_conf
 
 
-def test_vectorised_per_class_nms_equals_loop():
+@pytest.mark.parametrize("sharpness", [0.2, 3.0, 12.0])
+def test_vectorised_per_class_nms_equals_loop(sharpness):
     gen = torch.Generator().manual_seed(3)
     xy = torch.rand(40, 2, generator=gen) * 100
     wh = torch.rand(40, 2, generator=gen) * 60 + 5
     boxes = torch.cat([xy, xy + wh], dim=1)
-    prob = torch.softmax(torch.randn(40, 31, generator=gen) * 3, dim=1)
+    prob = torch.softmax(torch.randn(40, 31, generator=gen) * sharpness, dim=1)
     got = per_class_nms_max_conf(boxes, prob, 0.3)
     ref = _reference_max_conf(boxes, prob, 0.3)
     assert torch.equal(got, ref)
     # overlap actually suppresses something (else the test would be vacuous)
     assert (got < prob.max(dim=1).values).any()
+
+
+def test_all_class_greedy_nms_keeps_what_torchvision_keeps():
+    gen = torch.Generator().manual_seed(5)
+    xy = torch.rand(30, 2, generator=gen) * 80
+    boxes = torch.cat([xy, xy + torch.rand(30, 2, generator=gen) * 50 + 5], dim=1)
+    prob = torch.rand(30, 12, generator=gen)
+    kept = _greedy_nms_all_classes(iou_legacy(boxes, boxes) > 0.3, prob)
+    for c in range(12):
+        ref = set(nms_legacy(boxes, prob[:, c], 0.3).tolist())
+        assert set(torch.nonzero(kept[:, c]).flatten().tolist()) == ref
 
 
 def test_select_caffe_order_rule():
