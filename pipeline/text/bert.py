@@ -1,6 +1,7 @@
 """BERT WordPiece tokenization of captions with any Hugging Face tokenizer (local dir or hub id).
 
-The work is done by the Rust ``tokenizers`` backend in batches. Whatever truncation or padding the
+The work is done by the Rust ``tokenizers`` backend in batches, with an exact word-piece cache
+for plain-ASCII captions (see :class:`_AsciiWordCache`). Whatever truncation or padding the
 tokenizer files carry (sentence-transformers ships ``max_length 128`` + fixed padding) is switched
 off: captions are never cut silently. ``max_length`` truncates explicitly (keeping ``[SEP]``) and
 the number of truncated captions is returned.
@@ -9,6 +10,7 @@ the number of truncated captions is returned.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +24,62 @@ DEFAULT_TOKENIZER = "bert-base-uncased"
 _BATCH = 8192
 
 
+class _AsciiWordCache:
+    """Exact shortcut for plain-ASCII captions with a standard BERT pipeline.
+
+    ``BertNormalizer`` + ``BertPreTokenizer`` + ``WordPiece`` cut ASCII text into runs of letters and
+    digits and single punctuation characters (every printable ASCII non-alphanumeric is BERT
+    punctuation), then split each run into word pieces independently. Captions reuse a few
+    thousand words, so the word pieces of each word are computed once by the Rust backend and
+    cached; a caption is then a regex split and dictionary look-ups. Anything this does not cover
+    exactly (non-ASCII, control characters, added tokens such as ``[MASK]`` in the text) goes to
+    the backend. Tests compare both paths token for token.
+    """
+
+    _LIMIT = 1 << 20  # distinct words kept; cleared beyond (bounded memory for odd corpora)
+    _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+    def __init__(self, backend: Any, lowercase: bool, added: list[str]) -> None:
+        self.backend = backend
+        self.lowercase = lowercase
+        self.added = [a for a in added if a]
+        self.added_lower = [a.lower() for a in self.added]
+        self.split = re.compile(r"[a-z0-9]+|[^a-z0-9\s]" if lowercase else r"[A-Za-z0-9]+|[^A-Za-z0-9\s]").findall
+        self.cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def for_backend(cls, backend: Any) -> "_AsciiWordCache | None":
+        """The shortcut when ``backend`` is the standard BERT pipeline, else None."""
+        spec = json.loads(backend.to_str())
+        norm, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        if norm.get("type") != "BertNormalizer" or not norm.get("clean_text", True):
+            return None
+        if pre.get("type") != "BertPreTokenizer" or model.get("type") != "WordPiece":
+            return None
+        added = [t.get("content", "") for t in spec.get("added_tokens") or []]
+        return cls(backend, bool(norm.get("lowercase", True)), added)
+
+    def ids(self, text: str, cls_id: int, sep_id: int) -> list[int] | None:
+        """[CLS] … [SEP] ids of ``text``, or None when the backend must do it."""
+        if not text.isascii() or self._CONTROL.search(text):
+            return None
+        words = text.lower() if self.lowercase else text
+        for token, low in zip(self.added, self.added_lower):
+            if token in text or low in words:
+                return None
+        out = [cls_id]
+        cache = self.cache
+        for word in self.split(words):
+            pieces = cache.get(word)
+            if pieces is None:
+                if len(cache) >= self._LIMIT:
+                    cache.clear()
+                pieces = cache[word] = self.backend.encode(word, add_special_tokens=False).ids
+            out.extend(pieces)
+        out.append(sep_id)
+        return out
+
+
 @dataclass
 class BertTokenizer:
     """A fast tokenizer ready for caption batches: [CLS] … [SEP], no padding, no hidden truncation."""
@@ -32,6 +90,7 @@ class BertTokenizer:
     sep_id: int
     vocab_sha256: str
     vocab_size: int
+    word_cache: _AsciiWordCache | None = None
 
     def encode_flat(self, texts: Sequence[str], max_length: int | None = None
                     ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -41,30 +100,39 @@ class BertTokenizer:
         """
         if max_length is not None and max_length < 2:
             raise TokenizerError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
-        chunks: list[np.ndarray] = []
+        flat: list[int] = []
         lengths = np.empty(len(texts), dtype=np.int64)
         truncated = 0
         for start in range(0, len(texts), _BATCH):
-            batch = list(texts[start:start + _BATCH])
-            encodings = self._encode_batch(batch)
-            for k, enc in enumerate(encodings):
-                ids = enc.ids
+            for k, ids in enumerate(self._encode_batch(texts[start:start + _BATCH]), start=start):
                 if max_length is not None and len(ids) > max_length:
                     ids = ids[: max_length - 1] + [self.sep_id]
                     truncated += 1
-                lengths[start + k] = len(ids)
-                chunks.append(np.asarray(ids, dtype=np.int32))
+                lengths[k] = len(ids)
+                flat.extend(ids)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        values = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-        return values, offsets, truncated
+        return np.array(flat, dtype=np.int32), offsets, truncated
 
-    def _encode_batch(self, batch: list[str]) -> list[Any]:
-        try:
+    def _encode_batch(self, batch: Sequence[str]) -> list[list[int]]:
+        """Ids of one batch: cached word pieces where exact, the Rust backend for the rest."""
+        for k, text in enumerate(batch):
+            if not isinstance(text, str):
+                raise TokenizerError(f"caption {k} of a batch is {type(text).__name__}, not a string")
+        out: list[list[int] | None] = [None] * len(batch)
+        rest: list[int] = []
+        cache = self.word_cache
+        for k, text in enumerate(batch):
+            ids = cache.ids(text, self.cls_id, self.sep_id) if cache is not None else None
+            if ids is None:
+                rest.append(k)
+            else:
+                out[k] = ids
+        if rest:
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-            return encode(batch, add_special_tokens=True)
-        except TypeError as exc:  # a non-string slipped in
-            raise TokenizerError(f"captions must be strings to tokenize ({exc})") from exc
+            for k, enc in zip(rest, encode([batch[k] for k in rest], add_special_tokens=True)):
+                out[k] = enc.ids
+        return out  # type: ignore[return-value]
 
 
 def _special_tokens(folder: Path) -> tuple[str, str]:
@@ -142,7 +210,8 @@ def load_bert_tokenizer(name_or_dir: str | Path = DEFAULT_TOKENIZER) -> BertToke
     vocab = backend.get_vocab()
     canonical = json.dumps(vocab, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return BertTokenizer(name=local.name if is_dir else text, backend=backend, cls_id=cls_id, sep_id=sep_id,
-                         vocab_sha256=sha256_bytes(canonical.encode("utf-8")), vocab_size=len(vocab))
+                         vocab_sha256=sha256_bytes(canonical.encode("utf-8")), vocab_size=len(vocab),
+                         word_cache=_AsciiWordCache.for_backend(backend))
 
 
 def encode_captions(tok: BertTokenizer, texts: Sequence[str], max_length: int | None = None

@@ -43,6 +43,7 @@ def test_flat_encoding_matches_per_caption_and_spans_batches(tok):
     assert encode_captions(tok, [])[0] == []
 
 
+@pytest.mark.slow  # imports transformers (seconds on a busy 2-core box)
 def test_vocab_hash_is_layout_independent(tok, minilm_dir, tmp_path):
     # the same WordPiece vocabulary loaded from vocab.txt only gives the same hash
     (tmp_path / "vocab.txt").write_bytes((minilm_dir / "vocab.txt").read_bytes())
@@ -57,3 +58,31 @@ def test_unloadable_tokenizers(tmp_path):
         load_bert_tokenizer("no-such-org/no-such-tokenizer")
     with pytest.raises(TokenizerError, match="directory needs tokenizer.json or vocab.txt"):
         load_bert_tokenizer(tmp_path)
+
+
+def test_word_cache_equals_the_rust_backend_token_for_token(tok):
+    import json
+    import random
+
+    assert tok.word_cache is not None  # the MiniLM files are the standard BERT pipeline
+    rng = random.Random(0)
+    pieces = ["A", "man", "RIDING", "skateboards", "x" * 120, "3,000", "10:20", "don't", "[MASK]", "[mask]",
+              "[CLS]", "caf\u00e9", "na\u00efve", "\u4e2d\u6587", "\x0b", "\x7f", "\t", "\n", "_", "~", "--", "...",
+              "e-mail", "#1", "$5", "a/b", "(x)", "\"q\"", "'s", "\u00a0", "\U0001f600", "o'clock"]
+    texts = ["".join(rng.choice(pieces) + rng.choice(["", " ", "  "]) for _ in range(rng.randint(0, 12)))
+             for _ in range(3000)]
+    from workflows.sample import CAPTIONS_FILE
+
+    for line in CAPTIONS_FILE.read_text(encoding="utf-8").splitlines():
+        texts += json.loads(line)["captions"]
+    values, offsets, _ = tok.encode_flat(texts)
+    expected = [enc.ids for enc in tok.backend.encode_batch(texts, add_special_tokens=True)]
+    got = [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))]
+    mismatches = [(t, g, e) for t, g, e in zip(texts, got, expected) if g != e]
+    assert not mismatches, mismatches[:3]
+    assert len(tok.word_cache.cache) > 20  # the shortcut was really taken
+
+
+def test_non_string_caption_is_a_clear_error(tok):
+    with pytest.raises(TokenizerError, match="caption 1 of a batch is NoneType"):
+        tok.encode_flat(["fine", None])
