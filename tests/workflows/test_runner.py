@@ -1,0 +1,105 @@
+"""The workflow runner: variables, stage skipping, optional stages, the bundled workflow files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from itmflow.errors import ConfigError
+from pipeline.cli import app
+from workflows.runner import available_commands, load_workflow, parse_overrides, run_workflow
+
+BUNDLED = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.yaml"))
+
+FLOW = """
+name: tiny
+vars:
+  workdir: {workdir}
+  train: false
+stages:
+  - name: photos
+    run: sample
+    options: {{dest: "${{workdir}}/images"}}
+    outputs: ["${{workdir}}/images"]
+  - name: ingest
+    run: ingest
+    args: ["${{workdir}}/images"]
+    options: {{format: folder, out: "${{workdir}}/collection.parquet"}}
+    outputs: ["${{workdir}}/collection.parquet"]
+  - name: future
+    run: no-such-command
+    optional: true
+  - name: train
+    run: train
+    args: [tern]
+    options: {{regions: x, captions: y, out: z}}
+    when: ${{train}}
+"""
+
+
+def _write(tmp_path: Path) -> Path:
+    path = tmp_path / "flow.yaml"
+    path.write_text(FLOW.format(workdir=tmp_path / "work"))
+    return path
+
+
+def test_stages_run_then_skip_until_an_input_changes(tmp_path):
+    flow = load_workflow(_write(tmp_path))
+    first = {o.name: o.status for o in run_workflow(flow)}
+    assert first == {"photos": "ran", "ingest": "ran", "future": "unavailable", "train": "off"}
+    table = tmp_path / "work" / "collection.parquet"
+    assert table.is_file()
+    stamp = json.loads((tmp_path / "work" / ".itmflow-run" / "ingest.json").read_text())
+    assert stamp["argv"][:2] == ["ingest", str(tmp_path / "work" / "images")]
+
+    second = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)))}
+    assert second["photos"] == "skipped" and second["ingest"] == "skipped"
+
+    # a changed input (a caption edited) makes the ingest stage run again
+    captions = tmp_path / "work" / "images" / "captions.jsonl"
+    captions.write_text(captions.read_text().replace("smiling woman", "smiling cosmonaut"))
+    third = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)))}
+    assert third["photos"] == "skipped" and third["ingest"] == "ran"
+    from pipeline.collections import read_collection
+
+    texts = [c.raw for c in read_collection(table).captions]
+    assert any("cosmonaut" in t for t in texts)
+
+
+def test_variables_overrides_and_errors(tmp_path):
+    path = _write(tmp_path)
+    flow = load_workflow(path, parse_overrides(["train=true", "workdir=elsewhere"]))
+    train = next(s for s in flow.stages if s.name == "train")
+    assert train.when is True and flow.workdir == Path("elsewhere")
+    assert flow.stages[1].argv() == ["ingest", "elsewhere/images", "--format", "folder",
+                                     "--out", "elsewhere/collection.parquet"]
+    with pytest.raises(ConfigError, match="no variable 'nope'"):
+        load_workflow(path, {"nope": 1})
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["oops"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - run: ingest\n    options: {out: \"${missing}\"}\n")
+    with pytest.raises(ConfigError, match="unknown variable"):
+        load_workflow(bad)
+    required = tmp_path / "required.yaml"
+    required.write_text("stages:\n  - run: no-such-command\n")
+    with pytest.raises(ConfigError, match="not a command"):
+        run_workflow(load_workflow(required))
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+def test_bundled_workflows_name_existing_commands(path):
+    flow = load_workflow(path)
+    commands = available_commands() | {("sample",)}
+    for stage in flow.stages:
+        assert tuple(stage.run) in commands, (path.name, stage.name)
+    assert {"ingest", "extract", "tokenize"} <= {s.run[0] for s in flow.stages}
+
+
+def test_itmflow_run_command_prints_the_outcomes(tmp_path):
+    res = CliRunner().invoke(app, ["run", str(_write(tmp_path)), "--set", "train=false"])
+    assert res.exit_code == 0, res.output
+    assert "ingest" in res.output and "unavailable" in res.output
