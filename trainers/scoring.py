@@ -172,6 +172,10 @@ def score_encoded(model: Any, images: EncodedChunks, captions: EncodedChunks, *,
                                        max_memory_gb, n_img, n_cap)
     img_pieces = _split(images, img_block)
     cap_pieces = _split(captions, cap_block)
+    if torch.device(device).type != "cpu" and captions.nbytes() * 2 <= max_memory_gb * (1 << 30):
+        # On an accelerator, upload the caption side once instead of once per image block
+        # when the float32 copies fit in the memory budget.
+        cap_pieces = [(c0, embeddings_to(cap, device, torch.float32)) for c0, cap in cap_pieces]
     with _progress(progress, console) as bar:
         task = bar.add_task("score pairs", total=n_img * n_cap)
         for i0, img in img_pieces:
