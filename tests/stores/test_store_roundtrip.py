@@ -132,3 +132,24 @@ def test_context_manager_commits_on_error(tmp_path):
             w.add(rows[1])
             raise RuntimeError("extractor crashed")
     assert open_region_store(tmp_path / "s").ids() == ["img0000", "img0001"]
+
+
+def test_hdf5_plain_read_path_matches_mapped(tmp_path, monkeypatch):
+    """Fixed-K HDF5 rows come from the mapped file; the h5py fallback must give the same rows."""
+    from stores import hdf5_part
+
+    rows = make_rows(5, seed=7)
+    store = write_store(tmp_path / "s", rows, storage="hdf5", rows_per_part=3)
+    mapped = open_region_store(store)
+    assert mapped._part(0)._chunk_off is not None  # the fast path is in use
+
+    def no_map(self):
+        self._chunk_off, self._map = None, None
+
+    monkeypatch.setattr(hdf5_part.HDF5PartReader, "_map_chunks", no_map)
+    plain = open_region_store(store)
+    assert plain._part(0)._chunk_off is None
+    for a, b, want in zip(mapped, plain, rows):
+        assert_row_equal(a, want, "float16")
+        assert_row_equal(b, want, "float16")
+    assert_row_equal(plain.get("img0004"), rows[4], "float16")
