@@ -110,3 +110,36 @@ def test_bad_invocations_name_the_problem(world: EvalWorld, tmp_path: Path) -> N
     np.save(bad, np.zeros((3, 15), dtype=np.float32))
     res = _invoke(["--sims", str(bad), *base, "--out", str(tmp_path / "y")])
     assert isinstance(res.exception, InputFileError) and "(10, 50)" in str(res.exception)
+
+
+def test_relevance_dir_with_rouge_and_spice_in_authors_layout(world: EvalWorld, tmp_path: Path) -> None:
+    from trainers.data import MatchingData
+    from trainers.evaluation.rouge import write_rouge_relevance
+
+    data = MatchingData(world.regions, world.captions, model="sgraf-sgr")
+    evalset = data.eval_set("test")
+    raw = [data.captions.raw[r] for r in evalset.caption_rows]
+    rel_dir = tmp_path / "relevances"
+    write_rouge_relevance(raw, rel_dir / "coco-test-rougeL.npy")
+    spice = np.random.default_rng(2).random((50, 10)).astype(np.float32)
+    spice[spice < 0.5] = 0
+    spice[4, 1] = np.nan                                     # SPICE's "unparsable" marker
+    spice.tofile(rel_dir / "coco-test-spice.npy")            # raw float32, no header
+    sims_path = tmp_path / "s.npy"
+    sims = np.random.default_rng(3).random((10, 50)).astype(np.float32)
+    np.save(sims_path, sims)
+    out = tmp_path / "o"
+    res = _invoke(["--sims", str(sims_path), "--regions", str(world.regions), "--captions",
+                   str(world.captions), "--relevance", str(rel_dir), "--ndcg-i2t-nonzero",
+                   "--folds", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["ndcg"]) == {"rougeL", "spice"} and doc["ndcg_i2t_exclude_zeros"] is True
+    assert doc["ndcg"]["spice"]["nan_relevance_entries"] == 1
+    for method in ("rougeL", "spice"):
+        rel = open_relevance(rel_dir / f"coco-test-{method}.npy", 50, 10)
+        want = ndcg_protocol(sims, rel, n_folds=2, i2t_exclude_zeros=True)
+        assert doc["ndcg"][method]["t2i"] == pytest.approx(want.t2i)
+        assert doc["ndcg"][method]["i2t"] == pytest.approx(want.i2t)
+    ranks = np.load(out / "ranks.npz")
+    assert ranks["t2i_ndcg_spice"].shape == (50,) and ranks["i2t_ndcg_rougeL"].shape == (10,)

@@ -212,3 +212,14 @@ def test_block_sizes_follow_the_memory_budget(tiny_teran: TERAN) -> None:
     out = np.full((4, 8), np.nan, dtype=np.float32)
     score_encoded(tiny_teran, img, cap, out=out)
     assert np.isfinite(out).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_block_scoring_equals_cpu() -> None:
+    model = _tiny_sgraf("SGR", seed=7)
+    imgs = image_batches(9, 4, 36, 40, fixed=True)
+    caps = word_batches(20, 6, 60)
+    cpu = score_matrix(model, imgs, caps, max_memory_gb=1e-4)
+    gpu = score_matrix(model.cuda(), imgs, caps, device="cuda", max_memory_gb=1e-4)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-5, rtol=0)
