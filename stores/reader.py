@@ -49,6 +49,11 @@ class RegionStoreReader:
             if not file.is_file():
                 raise StoreCorruptError(f"{file} is named in the manifest but missing; restore it from a "
                                         "backup or re-extract its images")
+            # A size check is free; the sha256 of every part is `itmflow store verify`'s job.
+            expected = int(self.manifest["parts"][p]["bytes"])
+            if file.stat().st_size != expected:
+                raise StoreCorruptError(f"{file} has {file.stat().st_size} bytes, the manifest says {expected} "
+                                        "(truncated or edited); run `itmflow store verify`")
             if self.settings.storage == "parquet":
                 self._parts[p] = parquet_part.ParquetPartReader(file, self.settings)
             else:
