@@ -99,6 +99,12 @@ class RegionStoreWriter:
                                  "store:\n  " + "\n  ".join(diffs) + "\nuse a new store directory or the "
                                  "store's settings")
         else:
+            # A writer writes the manifest before its first part, so part files without a manifest
+            # are not our crash debris (a deleted manifest?): refuse rather than delete data.
+            strays = sorted(e for e in os.listdir(self.path) if is_part_name(e))
+            if strays:
+                raise StoreError(f"{self.path} holds part files ({', '.join(strays[:3])}...) but no manifest.json; "
+                                 "nothing was deleted. Restore the manifest or write to another directory")
             self.manifest = new_manifest(self.settings, _jsonable(dict(extra or {})))
         self.removed_debris = self._remove_debris()
         self._committed: dict[str, str] = self._read_committed_ids()

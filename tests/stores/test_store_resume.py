@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import stores.writer as writer_mod
-from itmflow.errors import StoreCorruptError
+from itmflow.errors import StoreCorruptError, StoreError
 from store_fixtures import DETECTOR, FIXED, assert_row_equal, make_rows, write_store
 from stores import RegionStoreWriter, open_region_store
 
@@ -71,3 +71,11 @@ def test_truncated_committed_part_is_not_touched(tmp_path):
     assert (store / "part-00000.parquet").exists()
     with pytest.raises(StoreCorruptError, match="part-00001.parquet"):
         list(open_region_store(store))
+
+
+def test_parts_without_manifest_are_not_deleted(tmp_path):
+    store = write_store(tmp_path / "s", make_rows(2))
+    (store / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="no manifest.json; nothing was deleted"):
+        RegionStoreWriter(store, region_policy=FIXED, detector=DETECTOR)
+    assert (store / "part-00000.parquet").exists()
