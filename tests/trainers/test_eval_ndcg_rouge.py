@@ -172,7 +172,9 @@ def test_lcs_matches_plain_python_incl_punctuation_and_spaces() -> None:
     words = ["a", "the", "cat", "dog", "on", "sofa", "", "sofa.", ","]
     extra = [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) for _ in range(40)]
     extra.append(" ".join(rng.choice(words, size=80)))         # > 64 tokens: DP path
-    extra.append(" ".join(rng.choice(words, size=64)))         # exactly one machine word
+    extra.append(" ".join(rng.choice(words, size=64)))         # exactly one 64-bit word
+    extra.append(" ".join(rng.choice(words, size=40)))         # 64-bit word, partly used
+    extra.append(" ".join(rng.choice(words, size=32)))         # exactly one 32-bit word
     caps = TRICKY + extra
     got = lcs_lengths(caps, caps)
     toks = [rouge_tokens(c) for c in caps]
