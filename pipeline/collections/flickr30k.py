@@ -8,14 +8,12 @@ number, else the caption's position). Splits come from an optional Karpathy JSON
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path, PurePosixPath
 
 from itmflow.errors import CollectionError
 from pipeline.collections.builder import AdapterResult, CollectionBuilder
 from pipeline.collections.karpathy import karpathy_entries, karpathy_image_id
-from pipeline.collections.sources import field, iter_lines
+from pipeline.collections.sources import column_index, csv_rows, field, iter_lines
 
 _IMAGE_COLUMNS = ("image", "image_name", "file", "filename")
 _CAPTION_COLUMNS = ("caption", "comment", "sentence", "raw")
@@ -41,30 +39,14 @@ def _token_rows(path: Path, builder: CollectionBuilder) -> list[tuple[str, str |
 
 def _csv_rows(path: Path, builder: CollectionBuilder) -> list[tuple[str, str | None, str, str]]:
     """(file, n, caption, where) of a CSV / pipe-separated caption file."""
-    lines = list(iter_lines(path, what="Flickr30k caption CSV"))
-    header_no, header = lines[0]
-    if header is None:
-        raise CollectionError(f"{path} line {header_no}: the header is not UTF-8")
-    delimiter = "|" if header.count("|") > header.count(",") else ","
-    columns = [c.strip().lower() for c in next(csv.reader([header], delimiter=delimiter))]
-
-    def pick(names: tuple[str, ...], required: bool) -> int | None:
-        for name in names:
-            if name in columns:
-                return columns.index(name)
-        if required:
-            raise CollectionError(f"{path} line {header_no}: header {columns} has none of the columns {list(names)}")
-        return None
-
-    i_image, i_caption = pick(_IMAGE_COLUMNS, True), pick(_CAPTION_COLUMNS, True)
-    i_number = pick(_NUMBER_COLUMNS, False)
+    columns, header_no, lines = csv_rows(path, what="Flickr30k caption CSV", report=builder.problem)
+    i_image, i_caption = column_index(columns, _IMAGE_COLUMNS), column_index(columns, _CAPTION_COLUMNS)
+    if i_image is None or i_caption is None:
+        raise CollectionError(f"{path} line {header_no}: header {columns} has none of the columns "
+                              f"{list(_IMAGE_COLUMNS if i_image is None else _CAPTION_COLUMNS)}")
+    i_number = column_index(columns, _NUMBER_COLUMNS)
     rows = []
-    for number, text in lines[1:]:
-        where = f"{path.name} line {number}"
-        if text is None:
-            builder.problem("non_utf8", where, "line is not valid UTF-8", "caption dropped")
-            continue
-        cells = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    for where, cells in lines:
         if len(cells) <= max(i_image, i_caption):
             builder.problem("malformed_line", where, f"expected {len(columns)} fields, found {len(cells)}",
                             "line dropped")

@@ -13,8 +13,6 @@ Images without captions are kept (feature-only collections). Caption id = ``<ima
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Iterator
 from itmflow.errors import CollectionError, InputFileError, UnsafePathError
 from itmflow.files import check_relative, safe_join
 from pipeline.collections.builder import AdapterResult, CollectionBuilder
-from pipeline.collections.sources import iter_lines
+from pipeline.collections.sources import column_index, csv_rows, iter_lines
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 DEFAULT_CAPTION_FILES = ("captions.jsonl", "captions.csv")
@@ -76,22 +74,13 @@ def _jsonl_rows(path: Path, builder: CollectionBuilder) -> Iterator[tuple[str, l
 
 def _csv_rows(path: Path, builder: CollectionBuilder) -> Iterator[tuple[str, list[str], str | None, str]]:
     """(file, [caption], split, where) per CSV row."""
-    lines = iter_lines(path, what="captions file")
-    header_no, header = next(lines)
-    if header is None:
-        raise CollectionError(f"{path} line {header_no}: the header is not UTF-8")
-    columns = [c.strip().lower() for c in next(csv.reader([header]))]
-    i_file = next((columns.index(c) for c in ("file", "image", "filename") if c in columns), None)
-    if i_file is None or "caption" not in columns:
+    columns, header_no, lines = csv_rows(path, what="captions file", report=builder.problem)
+    i_file = column_index(columns, ("file", "image", "filename"))
+    i_caption = column_index(columns, ("caption",))
+    if i_file is None or i_caption is None:
         raise CollectionError(f"{path} line {header_no}: header {columns} needs columns 'file' and 'caption'")
-    i_caption = columns.index("caption")
-    i_split = columns.index("split") if "split" in columns else None
-    for number, text in lines:
-        where = f"{path.name} line {number}"
-        if text is None:
-            builder.problem("non_utf8", where, "line is not valid UTF-8", "line dropped")
-            continue
-        cells = next(csv.reader(io.StringIO(text)), [])
+    i_split = column_index(columns, ("split",))
+    for where, cells in lines:
         if len(cells) <= max(i_file, i_caption):
             builder.problem("malformed_line", where, f"expected {len(columns)} fields, found {len(cells)}",
                             "line dropped")

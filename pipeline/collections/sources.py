@@ -6,9 +6,11 @@ Line formats (token files, CSV, JSONL) hand bad lines back to the caller, which 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from itmflow.errors import CollectionError, InputFileError
 
@@ -65,3 +67,31 @@ def field(entry: Any, name: str, types: type | tuple[type, ...], where: str) -> 
         names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
         raise CollectionError(f"{where}.{name}: expected {names}, found {type(value).__name__} {value!r:.60}")
     return value
+
+
+def csv_rows(path: Path, *, what: str, report: Callable[[str, str, str, str], None]
+             ) -> tuple[list[str], int, list[tuple[str, list[str]]]]:
+    """Header columns (lower-cased), header line number and ``(where, cells)`` per data line.
+
+    The delimiter is ``|`` when the header has more pipes than commas (Kaggle's Flickr30k file),
+    else ``,``. Lines that are not UTF-8 go to ``report(kind, where, message, action)``.
+    """
+    lines = iter_lines(path, what=what)
+    header_no, header = next(lines)
+    if header is None:
+        raise CollectionError(f"{path} line {header_no}: the header is not UTF-8")
+    delimiter = "|" if header.count("|") > header.count(",") else ","
+    columns = [c.strip().lower() for c in next(csv.reader([header], delimiter=delimiter))]
+    rows = []
+    for number, text in lines:
+        where = f"{path.name} line {number}"
+        if text is None:
+            report("non_utf8", where, "line is not valid UTF-8", "line dropped")
+            continue
+        rows.append((where, next(csv.reader(io.StringIO(text), delimiter=delimiter), [])))
+    return columns, header_no, rows
+
+
+def column_index(columns: list[str], names: tuple[str, ...]) -> int | None:
+    """Position of the first of ``names`` present in ``columns``."""
+    return next((columns.index(n) for n in names if n in columns), None)
