@@ -199,6 +199,48 @@ def evaluate_split(model: nn.Module, data: MatchingData, split: str = "test", *,
     return evaluate_sims(sims, 5).metrics
 
 
+def optimisation_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, images: dict[str, torch.Tensor],
+                      captions: dict[str, torch.Tensor], config: TrainConfig, *, lr: float,
+                      device: torch.device, amp_dtype: torch.dtype | None = None,
+                      step: int = 0) -> float:
+    """Forward, VSE++ loss, backward, clip to ``config.grad_clip``, Adam step; returns the loss.
+
+    Every parameter group runs at ``lr × group['lr_scale']``. ``amp_dtype`` (CUDA only) runs the
+    forward pass under autocast; the loss is computed in float32.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    images, captions = _to_device(images, device), _to_device(captions, device)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        scores = model(images, captions)
+    loss = contrastive_loss(scores, config)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training loss became {value} at step {step}; lower the "
+                                 "learning rate or use amp: off")
+    return value
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over all trainable parameters; BERT's group carries ``bert_lr_scale``."""
+    bert, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (bert if "bert" in name.lower() else rest).append(param)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if bert:
+        groups.append({"params": bert, "lr_scale": config.bert_lr_scale})
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -240,7 +282,7 @@ class Trainer:
             self.model = from_pretrained(self.out / "last").to(self.device)
         else:
             self.model = build_model(config, data, bert=bert).to(self.device)
-        self.optimizer = self._optimizer()
+        self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype() == torch.float16)
         self.pairs = data.train_pairs("train")
         self.evalset = data.eval_set("val", max_images=config.val_images)
@@ -288,17 +330,6 @@ class Trainer:
         if self.device.type != "cuda" or self.config.amp == "off":
             return None
         return torch.bfloat16 if self.config.amp == "bf16" else torch.float16
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        bert, rest = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (bert if "bert" in name.lower() else rest).append(param)
-        groups = [{"params": rest, "lr_scale": 1.0}]
-        if bert:
-            groups.append({"params": bert, "lr_scale": self.config.bert_lr_scale})
-        return torch.optim.Adam(groups, lr=self.config.lr)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -409,27 +440,10 @@ class Trainer:
     def train_step(self, images: dict[str, torch.Tensor], captions: dict[str, torch.Tensor]
                    ) -> float:
         """One optimiser step at the scheduled LR; returns the loss."""
-        cfg, p = self.config, self.progress
-        lr = learning_rate(cfg, p.epoch, p.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        images, captions = _to_device(images, self.device), _to_device(captions, self.device)
-        dtype = self._amp_dtype()
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            scores = self.model(images, captions)
-        loss = contrastive_loss(scores, cfg)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {p.step}; lower the "
-                                     "learning rate or use amp: off")
-        return value
+        p = self.progress
+        return optimisation_step(self.model, self.optimizer, self.scaler, images, captions,
+                                 self.config, lr=learning_rate(self.config, p.epoch, p.step),
+                                 device=self.device, amp_dtype=self._amp_dtype(), step=p.step)
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``); returns a summary (best score, steps, seconds)."""
@@ -515,8 +529,12 @@ class _ProgressBar:
 
 def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | os.PathLike[str],
           out: str | os.PathLike[str], *, resume: bool = False, bert: str | None = None,
-          console: Any | None = None) -> dict[str, Any]:
-    """Train ``config.model`` on a region store and a caption store into run directory ``out``."""
+          vocab: str | os.PathLike[str] | None = None, console: Any | None = None) -> dict[str, Any]:
+    """Train ``config.model`` on a region store and a caption store into run directory ``out``.
+
+    ``vocab`` (SGRAF) is the word-vocabulary JSON copied into the run; by default the caption
+    store's own ``vocab.json``.
+    """
     data = MatchingData(regions, captions, model=config.model)
     inputs = {"regions": str(regions), "captions": str(captions),
               "region_store": {k: data.images.manifest.get(k) for k in
@@ -525,9 +543,10 @@ def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | 
               "caption_store": {k: v for k, v in data.captions.manifest.items()
                                 if k not in ("provenance",)}}
     trainer = Trainer(config, data, out, resume=resume, bert=bert, inputs=inputs, console=console)
-    vocab = Path(captions) / "vocab.json"
-    if "words" in data.needs and vocab.is_file() and not (trainer.out / "vocab.json").exists():
+    source = Path(vocab) if vocab is not None else Path(captions) / "vocab.json"
+    if "words" in data.needs and source.is_file() and \
+            (vocab is not None or not (trainer.out / "vocab.json").exists()):
         # The word ids only mean something with their vocabulary: keep it beside the weights.
-        shutil.copyfile(vocab, trainer.out / "vocab.json")
+        shutil.copyfile(source, trainer.out / "vocab.json")
     return trainer.fit()
 

@@ -60,8 +60,6 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train TERN, TERAN or SGRAF with the paper's preset on our stores."""
-    import shutil
-
     from rich.console import Console
     from rich.table import Table
 
@@ -84,9 +82,8 @@ def train_command(
         overrides.setdefault("model_config", {}).setdefault("vocab_size", size)
     cfg = build_config(model.value, overrides=overrides, where=str(config or "options"))
     console = Console(stderr=True)
-    summary = train(cfg, regions, captions, out, resume=resume, bert=bert, console=console)
-    if vocab is not None:
-        shutil.copyfile(vocab, out / "vocab.json")
+    summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
+                    console=console)
     best = summary.get("best") or {}
     table = Table(title=f"{cfg.model}: best validation (step {summary['best_step']})")
     for col in ("direction", "R@1", "R@5", "R@10", "medr"):
