@@ -183,7 +183,7 @@ def main() -> None:
             row(f"{storage} size on disk / raw feature bytes", res["bytes"] / (mb * 1e6), "ratio"),
         ]
     config = {"images": args.images, "rounds": args.rounds, "load_average_at_end": os.getloadavg(), "regions": K, "feature_dim": D, "feature_dtype": "float16",
-              "feature_mb": mb, "rows_per_part": 1000, "parquet_row_group_rows": 4, "lookups": args.lookups,
+              "feature_mb": mb, "rows_per_part": 1000, "parquet_row_group_rows": 32, "lookups": args.lookups,
               "reads": "page cache (after writes)", "write": "ends with fsync of every file"}
     write_result("stores", config, out)
 

@@ -8,7 +8,7 @@ share one code path. Rows handed out by :meth:`Block.row` are views into the blo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -94,3 +94,18 @@ class Block:
             return None
         k = int(self.num_regions[0])
         return k if bool((self.num_regions == k).all()) else None
+
+
+class LazyRows:
+    """A sequence of per-row feature arrays, each produced when it is taken (mapped-file readers)."""
+
+    def __init__(self, get: Callable[[int], np.ndarray], start: int, stop: int) -> None:
+        self._get, self._start, self._n = get, start, stop - start
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(self._start + i)

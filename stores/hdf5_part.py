@@ -19,13 +19,13 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from itmflow.errors import StoreCorruptError
-from stores.block import Block
+from stores.block import Block, LazyRows
 from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
 _VARIABLE_CHUNK_REGIONS = 36
@@ -59,21 +59,6 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
         chunk_rows = settings.fixed_k or _VARIABLE_CHUNK_REGIONS
         chunks = (min(chunk_rows, n_regions), dim) if n_regions else None
         fid.create_dataset("features", data=features, chunks=chunks)
-
-
-class _LazyRows:
-    """Sequence of per-row feature arrays produced on access."""
-
-    def __init__(self, get: Callable[[int], np.ndarray], start: int, stop: int) -> None:
-        self._get, self._start, self._n = get, start, stop - start
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        if not 0 <= i < self._n:
-            raise IndexError(i)
-        return self._get(self._start + i)
 
 
 class HDF5PartReader:
@@ -182,7 +167,7 @@ class HDF5PartReader:
         if self._chunk_off is not None:
             # Copied row by row when a row is taken, not for the whole block up front: the consumer
             # usually drops a row before taking the next, so the allocator recycles one buffer.
-            feature_rows = _LazyRows(self._mapped_row, start, stop)
+            feature_rows = LazyRows(self._mapped_row, start, stop)
         else:
             feats = self._ds["features"][a:b]
         if feats is not None and (feats.shape[1:] != (self.settings.feature_dim,) or feats.dtype != self.settings.dtype):

@@ -76,7 +76,7 @@ class RegionStoreWriter:
                  feature_dtype: str = "float16", region_policy: Mapping[str, Any] | None = None,
                  detector: Mapping[str, Any] | None = None, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                  extra: Mapping[str, Any] | None = None, absent_fields: tuple[str, ...] | list[str] = (),
-                 row_group_rows: int = parquet_part.DEFAULT_ROW_GROUP_ROWS) -> None:
+                 row_group_rows: int | None = None) -> None:
         self.path = Path(path)
         self.settings = StoreSettings(storage=storage, feature_dim=feature_dim, feature_dtype=feature_dtype,
                                       region_policy=dict(region_policy or {"kind": "fixed", "k": 36}),
