@@ -14,7 +14,7 @@ from the store), ``bert_lengths`` [B], ``word_ids`` [B,L] (0-padded, with ``<sta
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,32 +176,35 @@ class TrainPairs(Dataset):
         return self.images.get(self.captions.image_ids[row]), self.captions.caption(row)
 
 
-class ImageItems(Dataset):
-    """The evaluation images, in order."""
+class KeyedItems(Dataset):
+    """Items ``get(key)`` for an ordered list of keys (evaluation images by id, captions by row).
+
+    ``get`` is a bound method of a picklable object, so the Dataset travels to DataLoader workers.
+    """
+
+    def __init__(self, get: Callable[[Any], dict[str, Any]], keys: Sequence[Any]) -> None:
+        self.get = get
+        self.keys = list(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.get(self.keys[i])
+
+
+class ImageItems(KeyedItems):
+    """The images ``ids`` of a region store, in order."""
 
     def __init__(self, images: RegionImages, ids: Sequence[str]) -> None:
-        self.images = images
-        self.ids = list(ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.images.get(self.ids[i])
+        super().__init__(images.get, ids)
 
 
-class CaptionItems(Dataset):
-    """The evaluation captions, in order (5 per image)."""
+class CaptionItems(KeyedItems):
+    """The caption-store rows ``rows``, in order."""
 
     def __init__(self, captions: CaptionTable, rows: Sequence[int]) -> None:
-        self.captions = captions
-        self.rows = list(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.captions.caption(self.rows[i])
+        super().__init__(captions.caption, rows)
 
 
 @dataclass
