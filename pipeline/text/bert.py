@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,16 +28,17 @@ _BATCH = 8192
 class _AsciiWordCache:
     """Exact shortcut for plain-ASCII captions with a standard BERT pipeline.
 
-    ``BertNormalizer`` + ``BertPreTokenizer`` + ``WordPiece`` cut ASCII text into runs of letters and
-    digits and single punctuation characters (every printable ASCII non-alphanumeric is BERT
-    punctuation), then split each run into word pieces independently. Captions reuse a few
-    thousand words, so the word pieces of each word are computed once by the Rust backend and
-    cached; a caption is then a regex split and dictionary look-ups. Anything this does not cover
-    exactly (non-ASCII, control characters, added tokens such as ``[MASK]`` in the text) goes to
-    the backend. Tests compare both paths token for token.
+    ``BertNormalizer`` + ``BertPreTokenizer`` + ``WordPiece`` treat ASCII text one
+    whitespace-separated chunk at a time: lower-case, split off punctuation (every printable ASCII
+    non-alphanumeric is BERT punctuation), word-piece each run — nothing depends on the
+    neighbouring chunks. Captions reuse a few thousand chunks (``dog``, ``dog,``, ``surfboard.``),
+    so each chunk's ids are computed once by the Rust backend and cached; a caption is then a
+    ``str.split`` and dictionary look-ups. Anything this does not cover exactly (non-ASCII,
+    control characters, added tokens such as ``[MASK]`` in the text) goes to the backend. Tests
+    compare both paths token for token.
     """
 
-    _LIMIT = 1 << 20  # distinct words kept; cleared beyond (bounded memory for odd corpora)
+    _LIMIT = 1 << 20  # distinct chunks kept; cleared beyond (bounded memory for odd corpora)
     _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
     def __init__(self, backend: Any, lowercase: bool, added: list[str]) -> None:
@@ -44,7 +46,8 @@ class _AsciiWordCache:
         self.lowercase = lowercase
         self.added = [a for a in added if a]
         self.added_lower = [a.lower() for a in self.added]
-        self.split = re.compile(r"[a-z0-9]+|[^a-z0-9\s]" if lowercase else r"[A-Za-z0-9]+|[^A-Za-z0-9\s]").findall
+        # first characters (lower-cased) of the added tokens: one cheap test rules most captions out
+        self.added_first = sorted({a[0] for a in self.added_lower})
         self.cache: dict[str, list[int]] = {}
 
     @classmethod
@@ -64,20 +67,19 @@ class _AsciiWordCache:
         if not text.isascii() or self._CONTROL.search(text):
             return None
         words = text.lower() if self.lowercase else text
-        for token, low in zip(self.added, self.added_lower):
-            if token in text or low in words:
-                return None
-        out = [cls_id]
+        if any(c in words for c in self.added_first) and any(
+                token in text or low in words for token, low in zip(self.added, self.added_lower)):
+            return None
         cache = self.cache
-        for word in self.split(words):
-            pieces = cache.get(word)
-            if pieces is None:
-                if len(cache) >= self._LIMIT:
-                    cache.clear()
-                pieces = cache[word] = self.backend.encode(word, add_special_tokens=False).ids
-            out.extend(pieces)
-        out.append(sep_id)
-        return out
+        chunks = words.split()  # BERT splits on whitespace first; nothing crosses a space
+        pieces = [cache.get(c) for c in chunks]
+        if None in pieces:
+            if len(cache) >= self._LIMIT:
+                cache.clear()
+            for k, piece in enumerate(pieces):
+                if piece is None:
+                    pieces[k] = cache[chunks[k]] = self.backend.encode(chunks[k], add_special_tokens=False).ids
+        return [cls_id, *chain.from_iterable(pieces), sep_id]
 
 
 @dataclass
@@ -101,17 +103,17 @@ class BertTokenizer:
         if max_length is not None and max_length < 2:
             raise TokenizerError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
         flat: list[int] = []
-        lengths = np.empty(len(texts), dtype=np.int64)
+        lengths: list[int] = []
         truncated = 0
         for start in range(0, len(texts), _BATCH):
-            for k, ids in enumerate(self._encode_batch(texts[start:start + _BATCH]), start=start):
+            for ids in self._encode_batch(texts[start:start + _BATCH]):
                 if max_length is not None and len(ids) > max_length:
                     ids = ids[: max_length - 1] + [self.sep_id]
                     truncated += 1
-                lengths[k] = len(ids)
+                lengths.append(len(ids))
                 flat.extend(ids)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
         return np.array(flat, dtype=np.int32), offsets, truncated
 
     def _encode_batch(self, batch: Sequence[str]) -> list[list[int]]:
