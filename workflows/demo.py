@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     overrides = {"workdir": str(out)}
     if args.weights:
-        overrides.update(weights=str(Path(args.weights).resolve()), random_init=False)
+        overrides.update(weights=str(Path(args.weights).resolve()), random_init=False,
+                         regions="36")
     else:
         console.print(Panel(
             "[bold]No detector weights given: running with --random-init.[/]\n"

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from itmflow.errors import InputFileError
+
 
 def extract(
     collection: Path = typer.Argument(..., help="Collection table written by `itmflow ingest` (.parquet)."),
@@ -60,6 +62,11 @@ def extract(
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if summary.failed and not summary.processed and not summary.rows_in_store:
+        first = summary.failures[0]["reason"]
+        raise InputFileError(
+            f"every one of the {summary.failed} images failed (first: {first}); nothing is in "
+            f"{out}. See {out / 'failures.jsonl'}, fix the cause, then rerun with --retry-failed")
 
 
 def register(app: typer.Typer) -> None:

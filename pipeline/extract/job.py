@@ -208,7 +208,7 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
     import ray
 
     from pipeline.extract.decode import Failure
-    from pipeline.extract.progress import make_progress
+    from pipeline.extract.progress import LOG_EVERY_S, make_progress, progress_line
     from pipeline.extract.worker import BatchResult
 
     window = max(1, workers.shape.count * cfg.in_flight)
@@ -217,6 +217,7 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
     in_flight: dict[Any, tuple[Batch, int, Any, int]] = {}  # ref -> (batch, slot, actor, attempt)
     ready: dict[int, BatchResult] = {}
     batches_in_part = 0
+    last_line = time.perf_counter()
     first_result: float | None = None
     steady_start_count = 0
 
@@ -271,6 +272,10 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                 summary.steady_count = summary.processed + summary.failed - steady_start_count
                 progress.update(task, advance=len(result.rows) + len(result.failures),
                                 failed=summary.failed)
+                if not console.is_terminal and now - last_line >= LOG_EVERY_S:
+                    # no live bar in logs / CI: a plain line now and then instead
+                    last_line = now
+                    console.print(progress_line(progress.tasks[0]))
                 if on_batch is not None:
                     on_batch({"number": result.number, "pid": result.pid,
                               "processed": summary.processed, "failed": summary.failed})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -29,19 +27,18 @@ def make_progress(console: Console) -> Progress:
                     speed_estimate_period=60.0)
 
 
-@dataclass
-class Clock:
-    """Wall time of the run and of its steady state (from the first committed batch on)."""
+#: Seconds between plain progress lines when the console is not a terminal.
+LOG_EVERY_S = 30.0
 
-    start: float = 0.0
-    first_result: float | None = None
-    end: float | None = None
 
-    def __post_init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return (self.end or time.perf_counter()) - self.start
+def progress_line(task: Task) -> str:
+    """One line for logs: done/total, rate, ETA."""
+    elapsed = task.elapsed or 0.0
+    speed = task.speed or (task.completed / elapsed if elapsed > 0 else 0.0)
+    total = task.total or 0
+    eta = (total - task.completed) / speed if speed > 0 else float("nan")
+    return (f"extract: {int(task.completed)}/{int(total)} images, {speed:.2f} img/s, "
+            f"ETA {eta / 60:.1f} min, {task.fields.get('failed', 0)} failed")
 
 
 def summary_table(summary: Any) -> Table:
