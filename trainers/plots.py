@@ -48,8 +48,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
         steps = [r["step"] for r in val]
         ax_val.plot(steps, [r["rsum"] for r in val], marker="o", color="C1", label="rsum")
         ax_r1 = ax_val.twinx()
-        ax_r1.plot(steps, [r["i2t"]["r1"] for r in val], linestyle="--", color="C2", label="i2t R@1")
-        ax_r1.plot(steps, [r["t2i"]["r1"] for r in val], linestyle=":", color="C3", label="t2i R@1")
+        ax_r1.plot(steps, [r["i2t"]["r1"] for r in val], linestyle="--", marker=".", color="C2", label="i2t R@1")
+        ax_r1.plot(steps, [r["t2i"]["r1"] for r in val], linestyle=":", marker=".", color="C3", label="t2i R@1")
         ax_r1.set_ylabel("R@1 (%)")
         best = [r for r in val if r.get("best")]
         if best:
