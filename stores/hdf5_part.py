@@ -16,7 +16,6 @@ half-written HDF5 file can ever be named a part.
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +25,7 @@ import numpy as np
 
 from itmflow.errors import StoreCorruptError
 from stores.block import Block, LazyRows
+from stores.rawrows import RawRows
 from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
 _VARIABLE_CHUNK_REGIONS = 36
@@ -98,14 +98,13 @@ class HDF5PartReader:
         return self._fid
 
     def _map_chunks(self) -> None:
-        """For fixed K without filters, find each image's chunk in the file and map the file.
+        """For fixed K without filters, find each image's chunk in the file.
 
-        Every chunk is then one plain slice of the file: a row is one memcpy from the page cache,
+        Every chunk is then one plain run of bytes: a row is one ``pread`` (:class:`RawRows`),
         without libhdf5's per-chunk B-tree lookup (which dominated sequential-read CPU). Anything
         unexpected (filters, other chunk shapes, byte order, a short file) keeps the h5py path.
         """
-        self._chunk_off: np.ndarray | None = None
-        self._map = None
+        self._raw: RawRows | None = None
         ds, k, dim = self._ds["features"], self.settings.fixed_k, self.settings.feature_dim
         n = len(self._offsets) - 1
         if (k is None or n == 0 or ds.chunks != (k, dim) or ds.dtype != self.settings.dtype
@@ -125,15 +124,7 @@ class HDF5PartReader:
             return
         if (offs < 0).any() or int(offs.max()) + nbytes > self.path.stat().st_size:
             return
-        self._chunk_off, self._chunk_bytes = offs, nbytes
-        with open(self.path, "rb") as handle:  # the mapping outlives the descriptor
-            self._map = np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
-
-    def _mapped_row(self, i: int) -> np.ndarray:
-        """Features of row ``i``: one owned ``[K, D]`` copy out of the mapped file."""
-        o = int(self._chunk_off[i])  # type: ignore[index]
-        raw = np.array(self._map[o:o + self._chunk_bytes])  # type: ignore[index]
-        return raw.view(self.settings.dtype).reshape(self.settings.fixed_k, self.settings.feature_dim)
+        self._raw = RawRows(self.path, offs, nbytes, self.settings.dtype, (k, dim))
 
     def _load_names(self) -> None:
         fid = self._open()
@@ -155,7 +146,7 @@ class HDF5PartReader:
         ds = self._ds
         for name in REGION_FIELDS:
             out[name] = None if name in self.settings.absent_fields else ds[name][a:b]
-        out["features"] = self._mapped_row(i) if self._chunk_off is not None else ds["features"][a:b]
+        out["features"] = self._raw(i) if self._raw is not None else ds["features"][a:b]
         return out
 
     def read_block(self, start: int, stop: int) -> Block:
@@ -164,10 +155,10 @@ class HDF5PartReader:
         a, b = int(self._offsets[start]), int(self._offsets[stop])
         where = f"{self.path} rows {start}-{stop - 1}"
         feats, feature_rows = None, None
-        if self._chunk_off is not None:
+        if self._raw is not None:
             # Copied row by row when a row is taken, not for the whole block up front: the consumer
             # usually drops a row before taking the next, so the allocator recycles one buffer.
-            feature_rows = LazyRows(self._mapped_row, start, stop)
+            feature_rows = LazyRows(self._raw, start, stop)
         else:
             feats = self._ds["features"][a:b]
         if feats is not None and (feats.shape[1:] != (self.settings.feature_dim,) or feats.dtype != self.settings.dtype):
@@ -195,4 +186,5 @@ class HDF5PartReader:
         if self._fid is not None and self._pid == os.getpid():
             self._fid.close()
         self._fid = None
-        self._map = None
+        if self._raw is not None:
+            self._raw.close()

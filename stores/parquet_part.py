@@ -17,15 +17,13 @@ fixed K, whose features are read from the mapped file without decoding); statist
 are written for ``image_id`` only (min/max of 147 KB feature blobs would bloat the footer).
 
 Reading fixed-K parts: each row group keeps its features in one uncompressed PLAIN data page, so
-their byte offsets follow from the footer metadata; the reader maps the file and copies one image
-per memcpy, and decodes the other columns of a part once (kept: ~1.8 KB per image at K=36).
+their byte offsets follow from the footer metadata; the reader copies one image per ``pread``, and decodes the other columns of a part once (kept: ~1.8 KB per image at K=36).
 Anything that does not match (another writer's file, a failed spot check) uses pyarrow's decode.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from bisect import bisect_right
 from pathlib import Path
@@ -37,6 +35,7 @@ import pyarrow.parquet as pq
 
 from itmflow.errors import StoreCorruptError
 from stores.block import Block, LazyRows
+from stores.rawrows import RawRows
 from stores.schema import REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
 META_KEY = b"itmflow.regions"
@@ -235,17 +234,16 @@ class ParquetPartReader:
         self.num_rows = int(md.num_rows)
         self._cached: tuple[int, Block] | None = None
         self._small = [n for n in self._file.schema_arrow.names if n != "features"]
-        self._feat_off: np.ndarray | None = None
-        self._map: np.ndarray | None = None
+        self._raw: RawRows | None = None
         self._map_features()
 
     def _map_features(self) -> None:
-        """For fixed K, find every row's feature bytes in the file and map the file.
+        """For fixed K, find every row's feature bytes in the file (read with :class:`RawRows`).
 
         A part written by :func:`write_part` keeps each row group's features in one uncompressed,
         PLAIN-encoded data page of a required FIXED_LEN_BYTE_ARRAY column: the values are the last
-        ``rows x K*D*itemsize`` bytes of the column chunk. Reading them from a map is one memcpy per
-        image instead of pyarrow's page decode (measured ~2x less read CPU, and lookups skip the
+        ``rows x K*D*itemsize`` bytes of the column chunk. Reading them is one ``pread`` per image
+        instead of pyarrow's page decode (measured ~2x less read CPU, and lookups skip the
         feature decode). Anything else, or a spot check that disagrees with pyarrow, keeps the
         pyarrow path.
         """
@@ -260,6 +258,8 @@ class ParquetPartReader:
             return
         offs = np.empty(self.num_rows, dtype=np.int64)
         size = self.path.stat().st_size
+        headers: dict[int, int] = {}  # rows in group -> page header bytes; one page per group means
+        # equal-sized groups have equal headers (a group split into pages would have a larger one)
         for g in range(md.num_row_groups):
             col = md.row_group(g).column(leaf)
             n = md.row_group(g).num_rows
@@ -267,32 +267,26 @@ class ParquetPartReader:
             if (col.compression != "UNCOMPRESSED" or col.physical_type != "FIXED_LEN_BYTE_ARRAY"
                     or col.has_dictionary_page or not 0 < header <= 4096
                     or not set(col.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
-                    or col.data_page_offset + col.total_compressed_size > size):
+                    or col.data_page_offset + col.total_compressed_size > size
+                    or headers.setdefault(n, header) != header):
                 return
             start = int(self._starts[g])
             offs[start:start + n] = col.data_page_offset + header + np.arange(n, dtype=np.int64) * vb
-        with open(self.path, "rb") as handle:  # the mapping outlives the descriptor
-            data = np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.uint8)
-        self._feat_off, self._feat_bytes, self._map = offs, vb, data
+        raw = RawRows(self.path, offs, vb, self.settings.dtype, (k, dim))
         # Spot check against pyarrow: first and last row of the first and last group.
         for g in {0, md.num_row_groups - 1}:
             table = self._file.read_row_group(g, columns=["features"], use_threads=False)
             arr = table.column(0).chunk(0)
             for local in {0, len(arr) - 1}:
                 row = int(self._starts[g]) + local
-                if arr[local].as_py() != self._map[offs[row]:offs[row] + vb].tobytes():
-                    self._feat_off, self._map = None, None
+                if arr[local].as_py() != raw(row).tobytes():
+                    raw.close()
                     return
-
-    def _mapped_row(self, i: int) -> np.ndarray:
-        """Features of row ``i``: one owned ``[K, D]`` copy out of the mapped file."""
-        o = int(self._feat_off[i])  # type: ignore[index]
-        raw = np.array(self._map[o:o + self._feat_bytes])  # type: ignore[index]
-        return raw.view(self.settings.dtype).reshape(self.settings.fixed_k, self.settings.feature_dim)
+        self._raw = raw
 
     def _read(self, groups: list[int], threads: bool) -> Block:
         where = f"{self.path} row groups {groups[0]}-{groups[-1]}"
-        mapped = self._feat_off is not None
+        mapped = self._raw is not None
         try:
             table = self._file.read_row_groups(groups, columns=self._small if mapped else None,
                                                use_threads=threads)
@@ -301,7 +295,7 @@ class ParquetPartReader:
         rows = None
         if mapped:
             start, stop = int(self._starts[groups[0]]), int(self._starts[groups[-1] + 1])
-            rows = LazyRows(self._mapped_row, start, stop)
+            rows = LazyRows(self._raw, start, stop)  # type: ignore[arg-type]
         return table_to_block(table, self.settings, where, rows)
 
     def ids(self) -> list[str]:
@@ -328,14 +322,14 @@ class ParquetPartReader:
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` of the part."""
-        if self._feat_off is not None:
+        if self._raw is not None:
             return self._small_block().row(i)
         g = bisect_right(self._starts, i) - 1
         return self._group(g).row(i - int(self._starts[g]))
 
     def blocks(self, rows_per_block: int = 256) -> Iterator[Block]:
         """Blocks covering the part in order (whole row groups, about ``rows_per_block`` rows each)."""
-        if self._feat_off is not None:
+        if self._raw is not None:
             if self.num_rows:
                 yield self._small_block()
             return
@@ -348,4 +342,5 @@ class ParquetPartReader:
         """Drop the file handle."""
         self._file = None  # type: ignore[assignment]
         self._cached = None
-        self._map = None
+        if self._raw is not None:
+            self._raw.close()

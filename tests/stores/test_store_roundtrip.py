@@ -141,15 +141,48 @@ def test_hdf5_plain_read_path_matches_mapped(tmp_path, monkeypatch):
     rows = make_rows(5, seed=7)
     store = write_store(tmp_path / "s", rows, storage="hdf5", rows_per_part=3)
     mapped = open_region_store(store)
-    assert mapped._part(0)._chunk_off is not None  # the fast path is in use
+    assert mapped._part(0)._raw is not None  # the fast path is in use
 
     def no_map(self):
-        self._chunk_off, self._map = None, None
+        self._raw = None
 
     monkeypatch.setattr(hdf5_part.HDF5PartReader, "_map_chunks", no_map)
     plain = open_region_store(store)
-    assert plain._part(0)._chunk_off is None
+    assert plain._part(0)._raw is None
     for a, b, want in zip(mapped, plain, rows):
         assert_row_equal(a, want, "float16")
         assert_row_equal(b, want, "float16")
     assert_row_equal(plain.get("img0004"), rows[4], "float16")
+
+
+def test_parquet_mapped_features_and_foreign_layout_fallback(tmp_path):
+    """Fixed-K Parquet features come from the mapped file; a part laid out differently (several
+    data pages per group, as another writer may produce) is detected and decoded by pyarrow."""
+    import pyarrow.parquet as pq
+
+    from itmflow.files import sha256_file
+    from stores.block import Block
+    from stores.parquet_part import block_to_table
+    from stores.schema import StoreSettings, validate_row
+
+    rows = make_rows(6, seed=12)
+    store = write_store(tmp_path / "s", rows, rows_per_part=6)
+    reader = open_region_store(store)
+    assert reader._part(0)._raw is not None
+    for got, want in zip(reader, rows):
+        assert_row_equal(got, want, "float16")
+
+    settings = StoreSettings.from_manifest(reader.manifest)
+    clean = [validate_row(r, settings) for r in rows]
+    table = block_to_table(Block.from_rows(clean, 2048, settings.dtype, settings.present_region_fields()),
+                           settings)
+    part = store / "part-00000.parquet"
+    pq.write_table(table, part, row_group_size=6, compression="none", use_dictionary=False,
+                   data_page_size=1, write_batch_size=1)  # one data page per value
+    doc = json.loads((store / "manifest.json").read_text())
+    doc["parts"][0].update(sha256=sha256_file(part), bytes=part.stat().st_size)
+    (store / "manifest.json").write_text(json.dumps(doc))
+    foreign = open_region_store(store)
+    assert foreign._part(0)._raw is None
+    for want in rows:
+        assert_row_equal(foreign.get(want["image_id"]), want, "float16")
