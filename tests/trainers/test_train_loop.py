@@ -174,3 +174,29 @@ def test_cli_train_and_resume(small_stores, tmp_path: Path) -> None:
                                    "--captions", str(small_stores.captions), "--out",
                                    str(tmp_path / "r2"), "--no-progress"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_training(small_stores, tmp_path: Path) -> None:
+    """Loading batches in 2 DataLoader workers yields the same losses and weights as in-process."""
+    a = train(tiny_config("sgraf-saf", max_steps=4, val_every=0), small_stores.regions,
+              small_stores.captions, tmp_path / "w0")
+    b = train(tiny_config("sgraf-saf", max_steps=4, val_every=0, workers=2), small_stores.regions,
+              small_stores.captions, tmp_path / "w2")
+    assert a["steps"] == b["steps"] == 4
+    assert losses(tmp_path / "w0") == losses(tmp_path / "w2")
+    wa, wb = weights(tmp_path / "w0"), weights(tmp_path / "w2")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision)")
+def test_mixed_precision_training_on_gpu(small_stores, tmp_path: Path) -> None:
+    run = tmp_path / "gpu"
+    summary = train(tiny_config("tern", max_steps=6, device="cuda", amp="bf16"),
+                    small_stores.regions, small_stores.captions, run)
+    assert summary["steps"] == 6
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(run).values())
+    resumed = train(tiny_config("tern", max_steps=8, device="cuda", amp="bf16"),
+                    small_stores.regions, small_stores.captions, run, resume=True)
+    assert resumed["steps"] == 8 and resumed["steps_this_run"] == 2
