@@ -54,6 +54,7 @@ def embed_command(
     batch_size: int = typer.Option(128, "--batch-size", help="Encoding batch size."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    force: bool = typer.Option(False, "--force", help="Replace the embeddings already in --out."),
 ) -> None:
     """Embed images (and captions) with a TERN or TERAN model and build vector indexes."""
     from rich.console import Console
@@ -67,6 +68,9 @@ def embed_command(
 
     console = Console(stderr=True)
     choose_index(index, 0)                      # validate early
+    if (out / "manifest.json").is_file() and not force:
+        raise ConfigError(f"{out} already holds embeddings (manifest.json); pass --force to "
+                          "replace them or choose another --out")
     dev = resolve_device(device)
     source = run_model_dir(run) if run.is_dir() else run
     model = load_model(source, device=dev)

@@ -160,6 +160,15 @@ def test_image_query_returns_captions_and_errors_are_clear(embedded: Path) -> No
 
 
 @pytest.mark.slow
+def test_embed_keeps_existing_embeddings_without_force(world: EvalWorld, embedded: Path) -> None:
+    before = (embedded / "images.parquet").read_bytes()
+    res = CliRunner().invoke(app, ["embed", str(world.tern_run), "--regions", str(world.regions),
+                                   "--out", str(embedded), "--no-progress"])
+    assert isinstance(res.exception, ConfigError) and "--force" in str(res.exception)
+    assert (embedded / "images.parquet").read_bytes() == before
+
+
+@pytest.mark.slow
 def test_embed_refuses_sgraf(world: EvalWorld, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["embed", str(world.sgr_ckpt), "--regions", str(world.regions),
                                    "--out", str(tmp_path / "e"), "--no-progress"])
