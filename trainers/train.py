@@ -309,9 +309,12 @@ class Trainer:
                         f"cannot resume {self.out}: the configuration differs from the saved "
                         f"{cfg_file} in {changed}; use the same settings (only "
                         f"{sorted(RESUMABLE_CHANGES)} may change) or start a new run directory")
-        elif (self.out / "last").exists() or (self.out / "log.jsonl").exists():
+        elif (self.out / "last").exists() or (self.out / ".last.old").exists():
             raise ConfigError(f"run directory {self.out} already holds a run; pass --resume to "
                               "continue it or choose another --out")
+        elif (self.out / "log.jsonl").exists():
+            # A run that stopped before its first checkpoint: nothing to resume, start afresh.
+            (self.out / "log.jsonl").unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
 

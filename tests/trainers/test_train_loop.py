@@ -145,6 +145,13 @@ def test_refuses_to_overwrite_or_resume_with_other_settings(small_stores, tmp_pa
     with pytest.raises(ConfigError, match="does not exist"):
         train(tiny_config("sgraf-saf"), small_stores.regions, small_stores.captions,
               tmp_path / "empty", resume=True)
+    # A run that died before its first checkpoint starts afresh (its stale log is dropped).
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "log.jsonl").write_text('{"kind": "train", "step": 1, "loss": -1.0}\n')
+    train(tiny_config("sgraf-saf", max_steps=2, val_every=0), small_stores.regions,
+          small_stores.captions, early)
+    assert sorted(losses(early)) == [1, 2] and losses(early)[1] != -1.0
 
 
 @pytest.mark.slow
