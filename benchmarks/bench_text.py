@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=600_000)
     parser.add_argument("--tokenizer", default=default_tokenizer())
     parser.add_argument("--baseline-captions", type=int, default=200_000,
-                        help="captions for the slower transformers baseline (rate is per caption)")
+                        help="captions for the slower baselines (Rust backend alone, transformers)")
     args = parser.parse_args()
 
     from pipeline.collections import CaptionRecord, Collection, ImageRecord
@@ -95,13 +95,14 @@ def main() -> None:
     tok.encode_flat(texts[:10_000])  # warm-up (thread pool, allocator)
     rust_only.encode_flat(texts[:10_000])
     (values, offsets, _), bert_s, bert_cpu = timed(lambda: tok.encode_flat(texts))
-    (r_values, r_offsets, _), rust_s, rust_cpu = timed(lambda: rust_only.encode_flat(texts))
-    assert (values == r_values).all() and (offsets == r_offsets).all(), "word cache differs from the backend"
+    sub = texts[: args.baseline_captions]
+    (r_values, r_offsets, _), rust_s, rust_cpu = timed(lambda: rust_only.encode_flat(sub))
+    assert (values[: len(r_values)] == r_values).all() and (offsets[: len(r_offsets)] == r_offsets).all(), \
+        "the chunk cache gives other ids than the Rust backend"
 
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(args.tokenizer)
-    sub = texts[: args.baseline_captions]
     hf(sub[:10_000])
     hf_out, hf_s, hf_cpu = timed(lambda: hf(sub, truncation=False, padding=False)["input_ids"])
     assert hf_out[123] == values[offsets[123]:offsets[124]].tolist(), "our ids differ from transformers'"
@@ -118,11 +119,12 @@ def main() -> None:
     n = len(texts)
     rows = [
         row("bert_wordpiece", n / bert_s, "captions/s", baseline="tokenizers encode_batch (Rust, all cores)",
-            baseline_value=n / rust_s, target=50_000, meets_target=n / bert_s >= 50_000, seconds=bert_s,
+            baseline_value=len(sub) / rust_s, target=50_000, meets_target=n / bert_s >= 50_000, seconds=bert_s,
             per_cpu_second=n / bert_cpu),
         row("bert_wordpiece_vs_transformers", n / bert_s, "captions/s", baseline="transformers tokenizer(texts)",
             baseline_value=len(sub) / hf_s, baseline_per_cpu_second=len(sub) / hf_cpu),
-        row("bert_rust_backend_only", n / rust_s, "captions/s", seconds=rust_s, per_cpu_second=n / rust_cpu),
+        row("bert_rust_backend_only", len(sub) / rust_s, "captions/s", seconds=rust_s,
+            per_cpu_second=len(sub) / rust_cpu),
         row("scan_word_ids", n / vocab_s, "captions/s", seconds=vocab_s, per_cpu_second=n / vocab_cpu,
             vocabulary=vocab.name, vocab_size=len(vocab)),
         row("tokenize_collection_both", len(caps) / both_s, "captions/s", seconds=both_s,
