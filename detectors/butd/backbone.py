@@ -33,8 +33,27 @@ class ConvBN(nn.Conv2d):
                          bias=False)
         self.norm = FrozenBatchNorm2d(cout, eps=BN_EPS)
 
+        self._fused: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(super().forward(x))
+        if self.training:
+            return self.norm(super().forward(x))
+        # inference: the frozen BN folded into the conv (one pass over the activations instead
+        # of three: ~20% of the CPU time); recomputed whenever a weight or statistic changes
+        weight, bias = self._fused_params()
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def _fused_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.norm
+        tensors = (self.weight, n.weight, n.bias, n.running_mean, n.running_var)
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        if self._fused is None or self._fused[0] != key:
+            with torch.no_grad():
+                scale = n.weight * torch.rsqrt(n.running_var + n.eps)
+                weight = self.weight * scale.view(-1, 1, 1, 1)
+                bias = n.bias - n.running_mean * scale
+            self._fused = (key, weight, bias)
+        return self._fused[1], self._fused[2]
 
 
 def conv_out_size(n: int, kernel: int, stride: int, padding: int, dilation: int = 1,

@@ -70,7 +70,8 @@ class RoIHeads(nn.Module):
         rois = torch.cat([torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device), b],
                                     dim=1) for i, b in enumerate(proposals)])
         # RoIPool semantics = Caffe ROIPooling (round() of coordinates, +1 extents, max); not RoIAlign
-        pooled = roi_pool(features, rois.to(features.dtype), output_size=POOLER_RESOLUTION,
+        # fp32 pooling: exact max either way, and the CPU kernel has no bf16 version
+        pooled = roi_pool(features.float(), rois.float(), output_size=POOLER_RESOLUTION,
                           spatial_scale=SPATIAL_SCALE)
         x = self.res5(pooled).mean(dim=(2, 3))
         logits, deltas, attr_logits = self.box_predictor(x)
