@@ -56,6 +56,12 @@ def test_run_with_folds_rouge_and_saved_sims(world: EvalWorld, tmp_path: Path) -
     assert doc["ndcg"]["rougeL"]["i2t"] == pytest.approx(want.i2t)
     md = (out / "metrics.md").read_text()
     assert "| fold |" in md and "NDCG@25 rougeL" in md
+    # With folds, the same matrix as one pool of all images (COCO 1K → 5K) comes along.
+    pool = evaluate_sims(sims)
+    assert doc["all_images"]["recall"]["rsum"] == pytest.approx(pool.metrics.rsum)
+    np.testing.assert_array_equal(ranks["i2t_ranks_all"], pool.i2t_ranks)
+    assert doc["all_images"]["ndcg"]["rougeL"]["t2i"] == pytest.approx(ndcg_protocol(sims, rel).t2i)
+    assert "all 10" in md and "all 10" in res.output
 
 
 def test_authors_sgraf_checkpoints_and_ensemble(world: EvalWorld, tmp_path: Path) -> None:

@@ -61,6 +61,9 @@ class EvalReport:
     ndcg_i2t_exclude_zeros: bool = False
     relevance_files: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    pool: RankResult | None = None
+    """With folds: the same matrix as one pool of all images (COCO 1K folds → COCO 5K for free)."""
+    pool_ndcg: dict[str, NdcgResult] = field(default_factory=dict)
 
     @property
     def protocol(self) -> str:
@@ -80,8 +83,22 @@ class EvalReport:
             "ndcg": {m: r.to_dict() for m, r in self.ndcg.items()},
             "ndcg_k": 25, "ndcg_i2t_exclude_zeros": self.ndcg_i2t_exclude_zeros,
             "relevance_files": self.relevance_files, "seconds": self.seconds,
+            **({"all_images": {"recall": self.pool.metrics.to_dict(),
+                               "ndcg": {m: r.to_dict() for m, r in self.pool_ndcg.items()}}}
+               if self.pool is not None else {}),
             "provenance": provenance(),
         }
+
+    def _rows(self) -> list[tuple[str, str, Any, dict[str, NdcgResult]]]:
+        """(label, direction key, metrics, ndcg) of every table row."""
+        m = self.ranks.metrics
+        rows = [("image→text", "i2t", m.i2t, self.ndcg), ("text→image", "t2i", m.t2i, self.ndcg)]
+        if self.pool is not None:
+            n = len(self.inputs.image_ids)
+            p = self.pool.metrics
+            rows += [(f"image→text, all {n}", "i2t", p.i2t, self.pool_ndcg),
+                     (f"text→image, all {n}", "t2i", p.t2i, self.pool_ndcg)]
+        return rows
 
     def markdown(self) -> str:
         """A Markdown summary (metrics.md)."""
@@ -91,12 +108,15 @@ class EvalReport:
         lines = [f"# Evaluation — split `{self.inputs.split}` ({self.protocol})", "",
                  "Sources: " + ", ".join(f"`{s}`" for s in self.inputs.sources), "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for name, d in (("image→text", m.i2t), ("text→image", m.t2i)):
-            key = "i2t" if name.startswith("image") else "t2i"
+        for name, key, d, nd in self._rows():
             cells = [name, f"{d.r1:.2f}", f"{d.r5:.2f}", f"{d.r10:.2f}", f"{d.medr:g}",
-                     f"{d.meanr:.2f}"] + [f"{getattr(r, key):.4f}" for r in self.ndcg.values()]
+                     f"{d.meanr:.2f}"] + [f"{getattr(nd[k], key):.4f}" if k in nd else "" for k in self.ndcg]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"**rsum = {m.rsum:.2f}** (recomputed from the averaged R@K)", ""]
+        lines += ["", f"**rsum = {m.rsum:.2f}** (recomputed from the averaged R@K)"]
+        if self.pool is not None:
+            lines += ["", f"rsum over all {len(self.inputs.image_ids)} images as one pool: "
+                          f"{self.pool.metrics.rsum:.2f}"]
+        lines.append("")
         if self.folds > 1:
             lines += ["| fold | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | rsum |",
                       "|---|---|---|---|---|---|---|---|"]
@@ -113,13 +133,16 @@ class EvalReport:
         from rich.table import Table
 
         m = self.ranks.metrics
-        table = Table(title=f"{self.inputs.split}: {self.protocol}",
-                      caption=f"rsum {m.rsum:.2f}")
+        caption = f"rsum {m.rsum:.2f}"
+        if self.pool is not None:
+            caption += f"; all images as one pool: rsum {self.pool.metrics.rsum:.2f}"
+        table = Table(title=f"{self.inputs.split}: {self.protocol}", caption=caption)
         for col in ("direction", "R@1", "R@5", "R@10", "medr", "meanr", *[f"NDCG {k}" for k in self.ndcg]):
             table.add_column(col, justify="right" if col != "direction" else "left")
-        for name, key, d in (("image→text", "i2t", m.i2t), ("text→image", "t2i", m.t2i)):
+        for name, key, d, nd in self._rows():
             table.add_row(name, f"{d.r1:.2f}", f"{d.r5:.2f}", f"{d.r10:.2f}", f"{d.medr:g}",
-                          f"{d.meanr:.2f}", *[f"{getattr(r, key):.4f}" for r in self.ndcg.values()])
+                          f"{d.meanr:.2f}",
+                          *[f"{getattr(nd[k], key):.4f}" if k in nd else "" for k in self.ndcg])
         return table
 
     def write(self, out: str | os.PathLike[str]) -> dict[str, Path]:
@@ -138,6 +161,13 @@ class EvalReport:
         for method, r in self.ndcg.items():
             arrays[f"i2t_ndcg_{method}"] = r.i2t_per_query
             arrays[f"t2i_ndcg_{method}"] = r.t2i_per_query
+        if self.pool is not None:
+            # Ranks among all images / captions (e.g. COCO 5K next to the 1K folds).
+            arrays["i2t_ranks_all"] = self.pool.i2t_ranks
+            arrays["t2i_ranks_all"] = self.pool.t2i_ranks
+            for method, r in self.pool_ndcg.items():
+                arrays[f"i2t_ndcg_{method}_all"] = r.i2t_per_query
+                arrays[f"t2i_ndcg_{method}_all"] = r.t2i_per_query
         tmp = d / ".ranks.tmp.npz"
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, paths["ranks"])
@@ -178,8 +208,12 @@ def check_rouge_alignment(relevance: np.ndarray, path: str | os.PathLike[str]) -
 def compute_ndcg(sims: np.ndarray, inputs: EvalInputs, *, folds: int,
                  relevance_dir: str | os.PathLike[str] | None, compute_rouge_dir: Path | None,
                  i2t_exclude_zeros: bool, name: str = "itmflow", workers: int = 1,
-                 progress: Any | None = None) -> tuple[dict[str, NdcgResult], dict[str, str]]:
-    """NDCG@25 for every relevance matrix found (and ROUGE-L computed when asked)."""
+                 progress: Any | None = None
+                 ) -> tuple[dict[str, NdcgResult], dict[str, NdcgResult], dict[str, str]]:
+    """NDCG@25 for every relevance matrix found (and ROUGE-L computed when asked).
+
+    Returns ``(per protocol, over all images as one pool (only with folds), files used)``.
+    """
     files: dict[str, Path] = {}
     if relevance_dir is not None:
         files.update(find_relevance(relevance_dir, inputs.split))
@@ -191,6 +225,7 @@ def compute_ndcg(sims: np.ndarray, inputs: EvalInputs, *, folds: int,
                               progress=progress)
         files["rougeL"] = target
     results: dict[str, NdcgResult] = {}
+    pooled: dict[str, NdcgResult] = {}
     n_cap, n_img = len(inputs.caption_ids), len(inputs.image_ids)
     for method, path in sorted(files.items()):
         rel = open_relevance(path, n_queries=n_cap, n_images=n_img)
@@ -198,7 +233,10 @@ def compute_ndcg(sims: np.ndarray, inputs: EvalInputs, *, folds: int,
             check_rouge_alignment(rel, path)
         results[method] = ndcg_protocol(sims, rel, n_folds=folds, cpi=CPI,
                                         i2t_exclude_zeros=i2t_exclude_zeros)
-    return results, {m: str(p) for m, p in files.items()}
+        if folds > 1:
+            pooled[method] = ndcg_protocol(sims, rel, n_folds=1, cpi=CPI,
+                                           i2t_exclude_zeros=i2t_exclude_zeros)
+    return results, pooled, {m: str(p) for m, p in files.items()}
 
 
 def load_sims(path: str | os.PathLike[str], n_img: int, n_cap: int) -> np.ndarray:
