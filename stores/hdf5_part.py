@@ -181,6 +181,10 @@ class HDF5PartReader:
         for start in range(0, self.num_rows, rows_per_block):
             yield self.read_block(start, min(self.num_rows, start + rows_per_block))
 
+    def features(self, i: int) -> np.ndarray:
+        """Only the features of row ``i`` (one ``pread`` on the fast path)."""
+        return self._raw(i) if self._raw is not None else self.row(i)["features"]
+
     def close(self) -> None:
         """Close the file (if this process opened it)."""
         if self._fid is not None and self._pid == os.getpid():

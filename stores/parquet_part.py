@@ -338,6 +338,10 @@ class ParquetPartReader:
         for g0 in range(0, n_groups, per):
             yield self._read(list(range(g0, min(n_groups, g0 + per))), threads=True)
 
+    def features(self, i: int) -> np.ndarray:
+        """Only the features of row ``i`` (one ``pread`` on the fast path)."""
+        return self._raw(i) if self._raw is not None else self.row(i)["features"]
+
     def close(self) -> None:
         """Drop the file handle."""
         self._file = None  # type: ignore[assignment]

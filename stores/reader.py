@@ -77,11 +77,14 @@ class RegionStoreReader:
 
     def get(self, image_id: str) -> dict[str, Any]:
         """The row of ``image_id`` (raises :class:`StoreError` naming it when absent)."""
+        p, r = self._locate(image_id)
+        return self._part(p).row(r)
+
+    def _locate(self, image_id: str) -> tuple[int, int]:
         try:
-            p, r = self._index[image_id]
+            return self._index[image_id]
         except KeyError:
             raise StoreError(f"image_id {image_id!r} is not in the store {self.path}") from None
-        return self._part(p).row(r)
 
     @property
     def num_parts(self) -> int:
@@ -110,7 +113,8 @@ class RegionStoreReader:
         if k is not None:
             out = np.empty((len(ids), k, self.settings.feature_dim), dtype=self.settings.dtype)
             for i, image_id in enumerate(ids):
-                out[i] = self.get(image_id)["features"]
+                p, r = self._locate(image_id)
+                out[i] = self._part(p).features(r)
             return out
         out = np.empty(len(ids), dtype=object)
         for i, image_id in enumerate(ids):
