@@ -87,3 +87,16 @@ def test_import_scan_writes_collection(tmp_path):
     res = runner.invoke(app, ["store", "import", str(src), "--format", "scan-precomp", "--split", "dev",
                               "--out", str(tmp_path / "store2")])
     assert res.exit_code == 1 and "dev_caps.txt: 3 captions for 2 images" in str(res.exception)
+
+
+def test_inspect_caption_store(tmp_path):
+    from stores.captions import write_caption_store
+
+    rows = [{"caption_id": f"c{i}", "image_id": f"im{i // 5}", "split": "test", "raw": f"text {i}"}
+            for i in range(10)]
+    write_caption_store(tmp_path / "caps", rows, {"tokenizer": "bert-base-uncased"})
+    res = runner.invoke(app, ["store", "inspect", str(tmp_path / "caps"), "--out", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "c.json").read_text())
+    assert summary["kind"] == "captions" and summary["captions"] == 10 and summary["images"] == 2
+    assert summary["splits"] == {"test": 10} and summary["tokenizer"] == "bert-base-uncased"
