@@ -13,7 +13,7 @@ from itmflow.files import check_relative
 from pipeline.collections.records import SPLITS, CaptionRecord, ImageRecord
 
 #: Split spellings other tools use, mapped onto ours (SCAN calls val "dev").
-SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "trainval": "train"}
+SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val"}
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,7 @@ def tokenize(
         "collection": {"name": collection.name, "source_format": coll.source_format,
                        "images": len(coll.images)},
         # the store adds its own "counts" and "provenance"; these are what tokenization saw
-        "tokenization": {"captions": stats.captions, "bert_truncated": stats.bert_truncated,
-                         "bert_length_max": stats.bert_length_max, "word_unknown": stats.word_unknown,
-                         "word_tokens": stats.word_tokens},
+        "tokenization": stats.to_dict(),
     }
     write_caption_store(out, table, meta)
     if build_vocab and words is not None:

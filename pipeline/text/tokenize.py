@@ -8,7 +8,7 @@ the word columns null without a vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from itmflow.errors import CollectionError, TokenizerError
@@ -31,11 +31,10 @@ class TokenizeStats:
     bert_length_mean: float = 0.0
     word_unknown: int = 0
     word_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready counts."""
-        return {k: v for k, v in self.__dict__.items()}
+        """JSON-ready counts (for the caption store manifest)."""
+        return dict(self.__dict__)
 
 
 def vocab_captions(collection: Collection) -> tuple[list[str], str]:
