@@ -65,12 +65,21 @@ class Block:
                    num_regions=counts.astype(SCALAR_FIELDS["num_regions"]), offsets=offsets,
                    features=features, regions=regions, feature_rows=feature_rows)  # type: ignore[arg-type]
 
+    def _scalars(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        # Python ints once per block: indexing numpy arrays per row and converting costs more than
+        # the rest of building a row.
+        cached = self.__dict__.get("_scalar_lists")
+        if cached is None:
+            cached = (self.offsets.tolist(), self.width.tolist(), self.height.tolist(), self.num_regions.tolist())
+            self.__dict__["_scalar_lists"] = cached
+        return cached
+
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` as the contract's dict (arrays are views into the block)."""
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        offsets, width, height, counts = self._scalars()
+        a, b = offsets[i], offsets[i + 1]
         out: dict[str, Any] = {"image_id": self.image_id[i], "file": self.file[i],
-                               "width": int(self.width[i]), "height": int(self.height[i]),
-                               "num_regions": int(self.num_regions[i])}
+                               "width": width[i], "height": height[i], "num_regions": counts[i]}
         for name, arr in self.regions.items():
             out[name] = None if arr is None else arr[a:b]
         out["features"] = self.features[a:b] if self.features is not None else self.feature_rows[i]  # type: ignore[index]

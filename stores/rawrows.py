@@ -20,7 +20,8 @@ class RawRows:
     """Row ``i`` = ``nbytes`` at ``offsets[i]`` of ``path``, viewed as ``dtype`` of ``shape``."""
 
     def __init__(self, path: Path, offsets: np.ndarray, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-        self.path, self.offsets, self.nbytes, self.dtype, self.shape = path, offsets, nbytes, dtype, shape
+        self.path, self.nbytes, self.dtype, self.shape = path, nbytes, dtype, shape
+        self.offsets: list[int] = [int(o) for o in offsets]  # Python ints: cheaper per row
         self._fd = -1
         self._pid = -1
 
@@ -34,7 +35,8 @@ class RawRows:
 
     def __call__(self, i: int) -> np.ndarray:
         buf = np.empty(self.nbytes, dtype=np.uint8)
-        got = os.preadv(self._descriptor(), [buf], int(self.offsets[i]))
+        fd = self._fd if self._pid == os.getpid() else self._descriptor()
+        got = os.preadv(fd, [buf], self.offsets[i])
         if got != self.nbytes:
             raise StoreCorruptError(f"{self.path}: row {i} needs {self.nbytes} bytes at offset {self.offsets[i]}, "
                                     f"the file gave {got} (truncated?); run `itmflow store verify`")
