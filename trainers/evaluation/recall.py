@@ -22,6 +22,7 @@ recomputed from the averaged R@K.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -97,32 +98,34 @@ def _reverse_positions(block: np.ndarray) -> np.ndarray:
     return pos
 
 
+def _best_positions(rows: np.ndarray, gt_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """For each row q of ``rows``: min position, in ``argsort(row)[::-1]``, of the columns ``gt_of(q)``.
+
+    ``gt_of`` maps query indices ``[n]`` to their ground-truth columns ``[n, g]``.
+    """
+    n = rows.shape[0]
+    ranks = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _ROW_CHUNK):
+        stop = min(start + _ROW_CHUNK, n)
+        # A contiguous copy keeps the element order the originals' 1-D argsort sees.
+        pos = _reverse_positions(np.ascontiguousarray(rows[start:stop]))
+        gt = gt_of(np.arange(start, stop))
+        ranks[start:stop] = pos[np.arange(stop - start)[:, None], gt].min(axis=1)
+    return ranks
+
+
 def i2t_ranks(sims: np.ndarray, cpi: int = 5) -> np.ndarray:
     """0-based rank of the best ground-truth caption for every image (shape ``[n_images]``)."""
     sims = np.asarray(sims)
-    n_img, _ = _check_sims(sims, cpi)
-    ranks = np.empty(n_img, dtype=np.int64)
-    for start in range(0, n_img, _ROW_CHUNK):
-        stop = min(start + _ROW_CHUNK, n_img)
-        pos = _reverse_positions(sims[start:stop])
-        idx = np.arange(start, stop)
-        gt = idx[:, None] * cpi + np.arange(cpi)[None, :]
-        ranks[start:stop] = pos[np.arange(stop - start)[:, None], gt].min(axis=1)
-    return ranks
+    _check_sims(sims, cpi)
+    return _best_positions(sims, lambda q: q[:, None] * cpi + np.arange(cpi)[None, :])
 
 
 def t2i_ranks(sims: np.ndarray, cpi: int = 5) -> np.ndarray:
     """0-based rank of the ground-truth image for every caption (shape ``[n_captions]``)."""
     sims = np.asarray(sims)
-    _, n_cap = _check_sims(sims, cpi)
-    ranks = np.empty(n_cap, dtype=np.int64)
-    for start in range(0, n_cap, _ROW_CHUNK):
-        stop = min(start + _ROW_CHUNK, n_cap)
-        # The originals sort a contiguous row of sims.T; a copy keeps the same element order.
-        pos = _reverse_positions(np.ascontiguousarray(sims[:, start:stop].T))
-        gt = np.arange(start, stop) // cpi
-        ranks[start:stop] = pos[np.arange(stop - start), gt]
-    return ranks
+    _check_sims(sims, cpi)
+    return _best_positions(sims.T, lambda q: (q // cpi)[:, None])
 
 
 def direction_metrics(ranks: np.ndarray) -> DirectionMetrics:
