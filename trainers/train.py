@@ -29,6 +29,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,8 +462,9 @@ class Trainer:
         steps_run = 0
         bar = _ProgressBar(total, p.step, enabled=cfg.progress, console=self.console,
                            label=cfg.model)
-        with bar:
-            while p.epoch < cfg.epochs and p.step < total:
+        stop = _StopRequest()
+        with bar, stop:
+            while p.epoch < cfg.epochs and p.step < total and not stop.requested:
                 tick = time.perf_counter()
                 for images, captions in self._loader(p.epoch, p.batch_in_epoch):
                     loss = self.train_step(images, captions)
@@ -480,7 +483,7 @@ class Trainer:
                         # Drawing costs ~1 s: mid-epoch refreshes at most once a minute.
                         if time.perf_counter() - self._plotted > PLOT_EVERY_S:
                             self.plot()
-                    if p.step >= total:
+                    if p.step >= total or stop.requested:
                         break
                     tick = time.perf_counter()  # it/s measures the step, not validation/saving
                 if p.batch_in_epoch >= per_epoch:
@@ -492,11 +495,45 @@ class Trainer:
                     self.plot()
         self.plot()
         seconds = time.perf_counter() - started
+        if stop.requested:
+            self._log({"kind": "stop", "step": p.step, "epoch": p.epoch, "signal": stop.requested})
         summary = {"steps": p.step, "epochs_done": p.epoch, "steps_this_run": steps_run,
+                   "stopped_by": stop.requested,
                    "seconds": seconds, "best_score": p.best_score, "best_step": p.best_step,
                    "best": p.best_metrics, "skipped_captions": self.data.skipped}
         atomic_write_json(self.out / "summary.json", summary)
         return summary
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during training: finish the current step, save ``last/``, return.
+
+    A pre-empted cluster job (SIGTERM) or a Ctrl-C then loses nothing, and ``--resume`` continues
+    exactly. A second signal interrupts at once (the previous handler runs). Outside the main
+    thread, where Python cannot install handlers, this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _ProgressBar:

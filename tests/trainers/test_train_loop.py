@@ -207,3 +207,32 @@ def test_mixed_precision_training_on_gpu(small_stores, tmp_path: Path) -> None:
     resumed = train(tiny_config("tern", max_steps=8, device="cuda", amp="bf16"),
                     small_stores.regions, small_stores.captions, run, resume=True)
     assert resumed["steps"] == 8 and resumed["steps_this_run"] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_and_resumes_exactly(small_stores, tmp_path: Path) -> None:
+    """A pre-empted job (SIGTERM mid-run) loses nothing: last/ is saved, --resume continues."""
+    import signal
+
+    straight = train(tiny_config("sgraf-saf", max_steps=6, val_every=0), small_stores.regions,
+                     small_stores.captions, tmp_path / "a")
+    data = _data(small_stores, "sgraf-saf")
+    trainer = Trainer(tiny_config("sgraf-saf", max_steps=6, val_every=0), data, tmp_path / "b")
+    step = trainer.train_step
+
+    def step_then_signal(images, captions):
+        loss = step(images, captions)
+        if trainer.progress.step == 2:  # the 3rd step is running
+            signal.raise_signal(signal.SIGTERM)
+        return loss
+
+    trainer.train_step = step_then_signal  # type: ignore[method-assign]
+    stopped = trainer.fit()
+    assert stopped["stopped_by"] == "SIGTERM" and stopped["steps"] == 3
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+    resumed = train(tiny_config("sgraf-saf", max_steps=6, val_every=0), small_stores.regions,
+                    small_stores.captions, tmp_path / "b", resume=True)
+    assert resumed["steps"] == 6 and resumed["stopped_by"] is None
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert straight["steps"] == 6
