@@ -243,6 +243,25 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, lr=config.lr)
 
 
+def _check_region_policy(model: nn.Module, data: MatchingData) -> None:
+    """Fail before training, naming the store, when a model needs a fixed K the store lacks.
+
+    SGRAF's VisualSA has one BatchNorm channel per region, so every image needs exactly
+    ``num_regions`` (36) regions; the model itself would only notice at the first batch.
+    """
+    from itmflow.errors import ModelInputError
+
+    k = getattr(getattr(model, "config", None), "num_regions", None)
+    if k is None:
+        return
+    policy = data.images.manifest.get("region_policy") or {}
+    if policy.get("kind") != "fixed" or int(policy.get("k", -1)) != int(k):
+        raise ModelInputError(
+            f"region store {data.images.path} has region policy {policy}, but "
+            f"{getattr(model, 'kind', 'this model')} needs exactly {k} regions per image; extract "
+            f"with --regions {k} (fixed) or import {k}-region features")
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -284,6 +303,7 @@ class Trainer:
             self.model = from_pretrained(self.out / "last").to(self.device)
         else:
             self.model = build_model(config, data, bert=bert).to(self.device)
+        _check_region_policy(self.model, data)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype() == torch.float16)
         self.pairs = data.train_pairs("train")

@@ -164,3 +164,24 @@ def test_epoch_batches_depend_only_on_seed_and_epoch() -> None:
     assert full[2:] == list(EpochBatchSampler(23, 5, seed=7, epoch=2, start_batch=2))
     assert full != list(EpochBatchSampler(23, 5, seed=7, epoch=3))
     assert len(EpochBatchSampler(23, 5, seed=7, start_batch=4)) == 1
+
+
+def test_sgraf_refuses_a_store_without_exactly_36_regions(tmp_path: Path) -> None:
+    from itmflow.errors import ModelInputError
+    from stores import RegionStoreWriter
+    from trainers.presets import build_config
+    from trainers.train import Trainer
+
+    with RegionStoreWriter(tmp_path / "r", feature_dim=4, feature_dtype="float32",
+                           region_policy={"kind": "adaptive", "min": 10, "max": 100, "conf": 0.2}
+                           ) as w:
+        w.add({"image_id": "a", "file": "a.jpg", "width": 10, "height": 10, "num_regions": 10,
+               "boxes": np.tile(np.array([[0, 0, 5, 5]], np.float32), (10, 1)),
+               "geometry": np.zeros((10, 5), np.float32), "features": np.ones((10, 4), np.float32),
+               "object_ids": np.zeros(10, np.int16), "object_conf": np.ones(10, np.float32),
+               "attr_ids": np.zeros(10, np.int16), "attr_conf": np.ones(10, np.float32)})
+    rows = [{"caption_id": f"a#{n}", "image_id": "a", "split": "train", "raw": "x"} for n in range(5)]
+    caps = _caption_store(tmp_path / "caps", rows)
+    cfg = build_config("sgraf-sgr", overrides={"device": "cpu", "model_config": {"embed_size": 8}})
+    with pytest.raises(ModelInputError, match=r"needs exactly 36 regions per image"):
+        Trainer(cfg, MatchingData(tmp_path / "r", caps, model="sgraf-sgr"), tmp_path / "run")
