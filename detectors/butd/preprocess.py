@@ -25,6 +25,7 @@ from itmflow.errors import ImageDecodeError
 
 #: Caffe BGR pixel means of the BUTD models (``cfg.PIXEL_MEANS``).
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
+MIN_RESIZED_SIDE = 8
 
 __all__ = ["PIXEL_MEANS_BGR", "PreparedImage", "batch_images", "compute_scale", "load_image",
            "prepare", "to_rgb"]
@@ -96,6 +97,12 @@ def prepare(rgb: np.ndarray, *, min_size: int = 600, max_size: int = 1000) -> Pr
     h, w = rgb.shape[:2]
     scale = compute_scale(h, w, min_size, max_size)
     out_h, out_w = int(round(h * scale)), int(round(w * scale))  # cv2 dsize for fx = fy = s
+    if min(out_h, out_w) < MIN_RESIZED_SIDE:
+        # the stem's 3×3 max-pool needs a few rows; Caffe would crash here too
+        raise ImageDecodeError(
+            f"image {w}×{h} becomes {out_w}×{out_h} after resizing (short side {min_size}, long "
+            f"side ≤ {max_size}); the detector needs ≥ {MIN_RESIZED_SIDE} px per side: the aspect "
+            "ratio is too extreme, crop the image or raise max_size")
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1])).permute(2, 0, 1).float()
     bgr -= torch.tensor(PIXEL_MEANS_BGR).view(3, 1, 1)  # commutes with bilinear (weights sum to 1)
     # aten's bilinear kernel with explicit scales maps dst→src as (x + 0.5)/s − 0.5, which is

@@ -135,3 +135,8 @@ def test_batch_images_zero_pads_and_reports_sizes(small_photo):
     assert tuple(images.shape) == (2, 3, 180, 112)
     assert torch.equal(images[0, :, :80, :112], a.tensor)
     assert images[0, :, 80:].abs().sum() == 0 and images[1, :, :, 80:].abs().sum() == 0
+
+
+def test_extreme_aspect_ratio_is_a_clear_error():
+    with pytest.raises(ImageDecodeError, match="aspect ratio"):
+        prepare(np.zeros((3, 400, 3), np.uint8), min_size=16, max_size=40)
