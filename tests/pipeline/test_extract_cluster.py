@@ -45,12 +45,18 @@ def test_ray_job_submit_runs_extract_on_a_cluster(tmp_path, photo_dir):
     # "the latest cluster on this machine" that a plain ray.init() elsewhere would attach to
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     gcs, dash = _free_port(), _free_port()
+    # every fixed-port agent gets a free port: the session's embedded Ray (or anyone else's) may
+    # hold Ray's defaults, and a job agent that cannot bind never accepts the job (measured)
+    agents = [f"--dashboard-agent-listen-port={_free_port()}",
+              f"--dashboard-agent-grpc-port={_free_port()}",
+              f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+              f"--ray-client-server-port={_free_port()}"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "OMP_NUM_THREADS": "1"}
     head = subprocess.Popen(
         [str(bindir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--temp-dir={temp}", "--disable-usage-stats", *agents],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
@@ -59,7 +65,7 @@ def test_ray_job_submit_runs_extract_on_a_cluster(tmp_path, photo_dir):
         submit = [str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
                   "--", str(bindir / "itmflow"), "extract", str(coll), "--out", str(out),
                   *TINY_CLI, "--batch-size", "2"]
-        for _ in range(30):  # the job agent registers a little after the dashboard answers
+        for _ in range(20):  # the job agent registers a little after the dashboard answers
             job = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True,
                                  timeout=400)
             if "No available agent" not in job.stdout + job.stderr:

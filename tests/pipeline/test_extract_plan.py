@@ -92,3 +92,18 @@ def test_cli_reports_missing_detector_choice_and_missing_collection(tmp_path, ph
     missing = CliRunner().invoke(app, ["extract", str(tmp_path / "nope.parquet"), "--out",
                                        str(tmp_path / "s"), "--random-init"])
     assert missing.exit_code != 0 and "nope.parquet" in str(missing.exception)
+
+
+def test_worker_shapes_follow_the_cluster_resources():
+    from pipeline.extract.cluster import ClusterInfo, plan_workers
+
+    gpu = plan_workers(ClusterInfo(False, "x", cpus=16, gpus=2, log_dir=None), workers=None, device="auto")
+    assert (gpu.count, gpu.device, gpu.num_gpus) == (2, "cuda", 1.0)
+    cpu = plan_workers(ClusterInfo(True, "local", cpus=2, gpus=0, log_dir=None), workers=2, device="auto")
+    assert (cpu.count, cpu.device, cpu.num_gpus, cpu.threads) == (2, "cpu", 0.0, 1)
+    # actors leave room for decode tasks: a whole CPU each would starve them on 2 CPUs
+    assert cpu.count * cpu.num_cpus + cpu.decode_cpus <= 2
+    forced = plan_workers(ClusterInfo(False, "x", cpus=8, gpus=1, log_dir=None), workers=3, device="cpu")
+    assert (forced.count, forced.device, forced.num_gpus) == (3, "cpu", 0.0)
+    with pytest.raises(ConfigError, match="no GPU"):
+        plan_workers(ClusterInfo(True, "local", cpus=2, gpus=0, log_dir=None), workers=None, device="cuda")

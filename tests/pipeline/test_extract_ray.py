@@ -116,3 +116,14 @@ def test_sigkilled_run_resumes_to_the_same_store(tmp_path, good_collection, refe
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [p["file"] for p in manifest["parts"]] + ["manifest.json"])  # no debris, no duplicates
+
+
+@pytest.mark.gpu
+def test_gpu_actors_when_the_cluster_has_gpus(tmp_path, good_collection, ray_local):
+    import torch
+
+    if not torch.cuda.is_available() or not ray_local.cluster_resources().get("GPU"):
+        pytest.skip("needs a CUDA GPU visible to Ray")
+    summary = run_extract(_cfg(good_collection, tmp_path / "store"))
+    assert summary.device == "cuda" and summary.workers >= 1
+    assert summary.processed == len(GOOD)
