@@ -11,7 +11,7 @@ model (300 proposals, ~1.8 TFLOP of res5 per image) takes minutes per image, so 
 default here) keeps 20 proposals and one timed batch per configuration; ``--proposals 300`` gives
 the paper setting. Writes ``benchmarks/results/detector.json``.
 
-    python benchmarks/bench_detector.py [--quick/--full] [--device cpu|cuda] [--threads N]
+    python benchmarks/bench_detector.py [--quick | --full] [--device cpu|cuda] [--threads N]
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def bench_nms(proposals: int, repeat: int, sharpness: float) -> tuple[float, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="20 proposals, one timed batch per configuration (the CPU default)")
     parser.add_argument("--full", action="store_true",
                         help="300 proposals and 3 timed batches (slow on CPU: tens of minutes)")
     parser.add_argument("--proposals", type=int, default=None, help="post-NMS proposals (quick: 20)")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    full = args.full or device.type == "cuda"
+    full = args.full or (device.type == "cuda" and not args.quick)
     proposals = args.proposals or (300 if full else 20)
     batches = args.batches or (3 if full else 1)
     precisions = args.precisions.split(",")

@@ -34,10 +34,12 @@ def draw_regions(rgb: np.ndarray, region: dict[str, Any], label: Callable[[int, 
             continue
         text = f"{label(int(region['object_ids'][i]), int(region['attr_ids'][i]))} " \
                f"{float(region['object_conf'][i]):.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
-        ty = max(0.0, y1 - (bottom - top) - 2)
-        draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
-        draw.text((x1 + 2, ty), text, fill=(0, 0, 0), font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4, bottom - top + 2
+        tx = max(0.0, min(x1, image.width - tw))  # keep the label inside the picture
+        ty = max(0.0, y1 - th)
+        draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
+        draw.text((tx + 2, ty), text, fill=(0, 0, 0), font=font)
     return image
 
 

@@ -156,7 +156,7 @@ def _from_milvlg(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[key] = value
     for suffix in ("weight", "bias"):
         key = f"proposal_generator.rpn_head.objectness_logits.{suffix}"
-        if key in out and out[key].shape[0] % 2 == 0 and out[key].shape[0] == 24:
+        if key in out and out[key].shape[0] == 24:
             # Caffe softmax: channels 0..11 background, 12..23 foreground → one logit fg − bg
             t = out[key].float()
             out[key] = t[12:] - t[:12]

@@ -116,7 +116,6 @@ def test_vg_vocab(vg_vocab_dir, tmp_path):
 
 
 def test_detectron2_backend_clear_error(tmp_path):
-    pytest.importorskip  # noqa: B018 - detectron2 is not a dependency: the error path is the test
     from detectors.detectron2_backend import Detectron2Detector
 
     try:
