@@ -157,3 +157,25 @@ def test_geometry_formula():
     g = geometry(boxes, width=200, height=100)
     assert g.dtype == np.float32
     assert g[0].tolist() == pytest.approx([0.05, 0.2, 0.55, 0.7, 100 * 50 / (200 * 100)])
+
+
+def test_softmax_objectness_equals_sigmoid_of_fg_minus_bg():
+    from detectors.butd.rpn import RPNHead
+
+    gen = torch.Generator().manual_seed(7)
+    soft = RPNHead(in_channels=8, hidden=6, objectness="softmax")
+    sig = RPNHead(in_channels=8, hidden=6, objectness="sigmoid")
+    with torch.no_grad():
+        for p in soft.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        sig.conv.load_state_dict(soft.conv.state_dict())
+        sig.anchor_deltas.load_state_dict(soft.anchor_deltas.state_dict())
+        w, b = soft.objectness_logits.weight, soft.objectness_logits.bias
+        sig.objectness_logits.weight.copy_(w[12:] - w[:12])  # Caffe: 0..11 bg, 12..23 fg
+        sig.objectness_logits.bias.copy_(b[12:] - b[:12])
+    x = torch.randn(2, 8, 5, 7, generator=gen)
+    p_soft, d_soft = soft(x)
+    p_sig, d_sig = sig(x)
+    assert p_soft.shape == (2, 12, 5, 7)
+    torch.testing.assert_close(p_soft, p_sig, rtol=1e-5, atol=1e-6)
+    assert torch.equal(d_soft, d_sig)

@@ -143,3 +143,16 @@ def test_torch_load_is_weights_only(tmp_path):
     torch.save({"model": {"a": torch.zeros(1)}, "x": _Evil()}, path)
     with pytest.raises(CheckpointLayoutError, match="weights_only"):
         load_butd_weights(path)
+
+
+def test_checkpoint_anchor_table_used_verbatim(canonical_state, tmp_path):
+    from butd_layouts import ANCHORS
+
+    from detectors.butd import BUTDModel
+
+    state = dict(canonical_state)
+    state[ANCHORS] = torch.arange(48, dtype=torch.float32).view(12, 4) - 20  # any table
+    loaded = load_butd_weights(write_milvlg(state, tmp_path / "anchors.pth"), canonical_state)
+    model = BUTDModel()
+    model.load_state_dict(loaded.state_dict)
+    assert torch.equal(model.proposal_generator.anchor_generator.table, state[ANCHORS])
