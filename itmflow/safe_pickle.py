@@ -20,7 +20,12 @@ _ALLOWED: dict[tuple[str, str], Any] = {}
 def _allow() -> None:
     import numpy as np
 
+    import codecs
+
     allowed = {
+        # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1"); it is a
+        # pure conversion, so admitting it lets py3-written detectron2 .pkl files load.
+        ("_codecs", "encode"): codecs.encode,
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("builtins", "dict"): dict,
         ("builtins", "list"): list,
@@ -34,13 +39,16 @@ def _allow() -> None:
     # numpy moved its reconstruct helpers from numpy.core to numpy._core in 2.0; pickles written by
     # either version name one of the two modules.
     try:
-        from numpy._core import multiarray
+        from numpy._core import multiarray, numeric
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
 
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
+    # Protocol 5 pickles rebuild arrays from a raw buffer (no code runs).
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
     _ALLOWED.update(allowed)
 
 
