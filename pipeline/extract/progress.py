@@ -54,7 +54,8 @@ def summary_table(summary: Any) -> Table:
     table.add_row("rows in store", str(summary.rows_in_store))
     table.add_row("wall time", f"{summary.seconds:.1f} s")
     table.add_row("throughput", f"{summary.images_per_second:.2f} img/s")
-    table.add_row("workers", f"{summary.workers} × {summary.device}")
+    table.add_row("workers", f"{summary.workers} × {summary.device}" if summary.workers
+                  else "none started (nothing to do)")
     if summary.failed:
         table.add_row("failures listed in", str(summary.store / "failures.jsonl"))
     return table
