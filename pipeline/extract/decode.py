@@ -33,7 +33,8 @@ class DecodedBatch:
     failures: list[Failure] = field(default_factory=list)
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
+    """A one-line reason for ``failures.jsonl`` (our errors already name the file and the fix)."""
     from PIL import Image
 
     if isinstance(exc, Image.DecompressionBombError):
@@ -74,7 +75,7 @@ def decode_batch(number: int, root: str, items: list[WorkItem], min_size: int,
         try:
             prepared = decode_one(base, item, min_size=min_size, max_size=max_size)
         except Exception as exc:  # every per-image problem is recorded, the batch goes on
-            out.failures.append(Failure(item.image_id, item.file, _reason(exc)))
+            out.failures.append(Failure(item.image_id, item.file, failure_reason(exc)))
             continue
         out.items.append(item)
         out.prepared.append(prepared)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.extract.decode import DecodedBatch, Failure, _reason
+from pipeline.extract.decode import DecodedBatch, Failure, failure_reason
 
 #: Store fields a detector returns per image (the rest, image_id and file, come from the batch).
 _ARRAY_FIELDS = ("boxes", "geometry", "features", "object_ids", "object_conf", "attr_ids", "attr_conf")
@@ -85,7 +85,7 @@ class DetectorWorker:
                 try:
                     outputs.append(self.detector.detect([prep])[0])
                 except Exception as exc:
-                    outputs.append(Failure(item.image_id, item.file, f"detector: {_reason(exc)}"))
+                    outputs.append(Failure(item.image_id, item.file, f"detector: {failure_reason(exc)}"))
         result.detect_seconds = time.perf_counter() - start
         for item, out in zip(decoded.items, outputs):
             if isinstance(out, Failure):
