@@ -12,6 +12,8 @@ them.
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Union
 
 import torch
@@ -236,7 +238,7 @@ def num_items(emb: Embeddings) -> int:
     return int(emb.shape[0])
 
 
-class MatchingModel(nn.Module):
+class MatchingModel(nn.Module, abc.ABC):
     """Interface every model implements (TERN, TERAN, SGRAF).
 
     ``forward(images, captions)`` returns the ``[B, B]`` score matrix (rows images, columns
@@ -246,14 +248,17 @@ class MatchingModel(nn.Module):
     kind: str = ""
     config: Any
 
-    def encode_images(self, images: dict[str, Tensor]) -> Embeddings:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode_images(self, images: dict[str, Tensor]) -> Embeddings:
+        """See the class docstring."""
 
-    def encode_captions(self, captions: dict[str, Tensor]) -> Embeddings:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode_captions(self, captions: dict[str, Tensor]) -> Embeddings:
+        """See the class docstring."""
 
-    def similarity(self, img_emb: Embeddings, cap_emb: Embeddings) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def similarity(self, img_emb: Embeddings, cap_emb: Embeddings) -> Tensor:
+        """See the class docstring."""
 
     def forward(self, images: dict[str, Tensor], captions: dict[str, Tensor]) -> Tensor:
         return self.similarity(self.encode_images(images), self.encode_captions(captions))
