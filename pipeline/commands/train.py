@@ -85,6 +85,10 @@ def train_command(
     summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
                     console=console)
     best = summary.get("best") or {}
+    if not best:
+        typer.echo(f"no validation ran ({summary['steps']} steps; set --val-every or train an "
+                   f"epoch to get one); run in {out}")
+        return
     table = Table(title=f"{cfg.model}: best validation (step {summary['best_step']})")
     for col in ("direction", "R@1", "R@5", "R@10", "medr"):
         table.add_column(col)

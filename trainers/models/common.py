@@ -96,6 +96,14 @@ class BertTextEncoder(nn.Module):
             config = BertConfig.from_dict({**bert_config, "num_hidden_layers": layers})
             self.bert_model = BertModel(config, add_pooling_layer=False)
         else:
+            from transformers.utils import logging as hf_logging
+
+            # The pooler (and layers past ``layers``) are dropped on purpose; transformers would
+            # print them as unexpected keys on every load.
+            verbosity = hf_logging.get_verbosity()
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
             try:
                 self.bert_model = BertModel.from_pretrained(
                     name_or_dir, num_hidden_layers=layers, add_pooling_layer=False)
@@ -104,6 +112,10 @@ class BertTextEncoder(nn.Module):
                     f"cannot load BERT weights from {name_or_dir!r}: {exc}. Give a local directory "
                     "holding config.json and the weights (model_config.bert), or a hub id while "
                     "online") from None
+            finally:
+                hf_logging.set_verbosity(verbosity)
+                if bars:
+                    hf_logging.enable_progress_bar()
         self.hidden_size = int(self.bert_model.config.hidden_size)
 
     def bert_config(self) -> dict[str, Any]:
