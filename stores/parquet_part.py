@@ -8,7 +8,7 @@ Layout (one row per image, no compression, no dictionary encoding, small row gro
   variable K: the same fields as ``large_list`` of the flattened values (``K*4`` for boxes).
 * ``features``: the raw little-endian bytes of the ``[K, D]`` array, ``fixed_size_binary(K*D*itemsize)``
   for fixed K and ``large_binary`` for variable K; the field metadata ``itmflow.dtype`` /
-  ``itmflow.shape`` say how to view them. Measured here (docs/stores.md): Parquet's own float16
+  ``itmflow.shape`` say how to view them. Measured here (README, "Stores"): Parquet's own float16
   (FIXED_LEN_BYTE_ARRAY(2) per value) writes at ~110 MB/s and reads at ~180 MB/s, a sixth of a raw
   memmap; the byte column runs near memmap speed.
 
