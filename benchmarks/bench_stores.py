@@ -137,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--lookups", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=2, help="repeat, interleaved; best round is kept "
+    parser.add_argument("--rounds", type=int, default=3, help="repeat, interleaved; best round is kept "
                         "(the box is shared, so single runs are noisy)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: system temp)")
     args = parser.parse_args()

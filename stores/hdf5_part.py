@@ -34,14 +34,19 @@ _VARIABLE_CHUNK_REGIONS = 36
 def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[str]) -> None:
     """Write ``block`` as an HDF5 part file at ``path`` (the committer fsyncs, hashes and renames it).
 
-    Written straight to the file: an in-memory (core driver) image costs two extra copies of the
-    part (measured), and the committer only ever renames a complete, closed file.
+    For fixed K the feature chunks (one image each, no filters) are allocated when the dataset is
+    created and their bytes are then written by :func:`_write_chunks` in a few large ``pwritev``
+    calls, straight from the rows. libhdf5 writes one small ``pwrite`` per chunk, and the page
+    cache then holds the part in small pages: reading it back cost ~12.5 µs per 147 KB image
+    against ~8.6 µs for the same bytes written in large pieces (measured on ext4, kernel 6.18,
+    2 cores). The file is an ordinary HDF5 file either way (h5py reads the same values; tested).
+    The committer only ever renames a complete, closed file.
     """
     n_regions = int(block.offsets[-1])
     dim = settings.feature_dim
-    features = block.features if block.feature_rows is None else (
-        np.concatenate(block.feature_rows, axis=0) if block.feature_rows
-        else np.zeros((0, dim), dtype=settings.dtype))
+    k = settings.fixed_k
+    raw_rows = k is not None and n_regions > 0 and block.feature_rows is not None
+    chunk_offsets = None
     with h5py.File(path, "w", track_order=False) as fid:
         fid.attrs["format"] = FORMAT
         fid.attrs["schema_version"] = SCHEMA_VERSION
@@ -56,9 +61,63 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
         for name, arr in block.regions.items():
             if arr is not None:
                 fid.create_dataset(name, data=arr)
-        chunk_rows = settings.fixed_k or _VARIABLE_CHUNK_REGIONS
-        chunks = (min(chunk_rows, n_regions), dim) if n_regions else None
-        fid.create_dataset("features", data=features, chunks=chunks)
+        if raw_rows:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # every chunk placed now, so offsets are known
+            ds = fid.create_dataset("features", shape=(n_regions, dim), dtype=settings.dtype, chunks=(k, dim),
+                                    dcpl=dcpl, fill_time="never")
+            chunk_offsets = _chunk_offsets(ds, k, len(block), k * dim * settings.dtype.itemsize)
+        else:
+            features = block.features if block.feature_rows is None else (
+                np.concatenate(block.feature_rows, axis=0) if block.feature_rows
+                else np.zeros((0, dim), dtype=settings.dtype))
+            chunk_rows = k or _VARIABLE_CHUNK_REGIONS
+            chunks = (min(chunk_rows, n_regions), dim) if n_regions else None
+            fid.create_dataset("features", data=features, chunks=chunks)
+    if chunk_offsets is not None:
+        _write_chunks(Path(path), chunk_offsets, [np.ascontiguousarray(r, dtype=settings.dtype)
+                                                  for r in block.feature_rows])  # type: ignore[union-attr]
+
+
+def _chunk_offsets(ds: Any, k: int, n: int, nbytes: int) -> np.ndarray:
+    """File offset of every image's chunk of a fixed-K features dataset (all chunks allocated)."""
+    offs = np.full(n, -1, dtype=np.int64)
+
+    def visit(info: Any) -> None:
+        if info.size != nbytes or info.chunk_offset[1] != 0:
+            raise StoreCorruptError(f"unexpected HDF5 chunk {info.chunk_offset} of {info.size} bytes")
+        offs[info.chunk_offset[0] // k] = info.byte_offset
+
+    ds.id.chunk_iter(visit)
+    if (offs < 0).any():
+        raise StoreCorruptError("HDF5 did not allocate every feature chunk at creation")
+    return offs
+
+
+#: Rows per ``pwritev`` (IOV_MAX is 1024 on Linux; 256 rows is ~38 MB at K=36, float16).
+_ROWS_PER_WRITE = 256
+
+
+def _write_chunks(path: Path, offsets: np.ndarray, rows: list[np.ndarray]) -> None:
+    """Write each row's bytes at its chunk offset, one ``pwritev`` per run of adjacent chunks."""
+    nbytes = rows[0].nbytes if rows else 0
+    offs = offsets.tolist()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and j - i < _ROWS_PER_WRITE and offs[j] == offs[j - 1] + nbytes:
+                j += 1
+            want = nbytes * (j - i)
+            done = os.pwritev(fd, rows[i:j], offs[i])
+            if done != want:  # a short write (full disk): finish it byte-exactly
+                data = b"".join(r.tobytes() for r in rows[i:j])
+                while done < want:
+                    done += os.pwrite(fd, data[done:], offs[i] + done)
+            i = j
+    finally:
+        os.close(fd)
 
 
 class HDF5PartReader:
@@ -69,6 +128,7 @@ class HDF5PartReader:
         self.settings = settings
         self._fid: h5py.File | None = None
         self._pid = -1
+        self._id_list: list[str] | None = None
         self._open()
         self.num_rows = len(self._offsets) - 1
 
@@ -129,12 +189,14 @@ class HDF5PartReader:
     def _load_names(self) -> None:
         fid = self._open()
         if self._files is None:
-            self._ids: list[str] = list(fid["image_id"].asstr()[()])
+            self._ids = self.ids()
             self._files = list(fid["file"].asstr()[()])
 
     def ids(self) -> list[str]:
-        """The image ids in row order."""
-        return list(self._open()["image_id"].asstr()[()])
+        """The image ids in row order (read once; the store reader asks when it opens)."""
+        if self._id_list is None:
+            self._id_list = list(self._open()["image_id"].asstr()[()])
+        return list(self._id_list)
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` of the part."""
@@ -166,7 +228,7 @@ class HDF5PartReader:
                                     f"says {self.settings.feature_dtype}[*, {self.settings.feature_dim}]")
         regions: dict[str, np.ndarray | None] = {}
         for name in REGION_FIELDS:
-            regions[name] = None if name in self.settings.absent_fields else self._ds[name][a:b]
+            regions[name] = None if name in self.settings.absent_fields else self._region_slice(name, a, b)
         counts = self._scalars["num_regions"][start:stop]
         if not np.array_equal(np.diff(self._offsets[start:stop + 1]), counts):
             raise StoreCorruptError(f"{where}: offsets disagree with num_regions")
@@ -176,10 +238,25 @@ class HDF5PartReader:
                      num_regions=counts, offsets=self._offsets[start:stop + 1] - a,
                      features=feats, regions=regions, feature_rows=feature_rows)
 
+    def _region_slice(self, name: str, a: int, b: int) -> np.ndarray:
+        """Regions ``a:b`` of a per-region dataset; read straight from the file (one ``pread``, no GIL)
+        when it is an unfiltered contiguous little-endian dataset, as this writer makes them."""
+        ds = self._ds[name]
+        offset = ds.id.get_offset() if self._raw is not None else None
+        dtype = ds.dtype
+        if (offset is None or ds.chunks is not None or dtype.byteorder == ">"
+                or ds.id.get_create_plist().get_nfilters()):
+            return ds[a:b]
+        per_region = int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim > 1 else 1
+        flat = self._raw.read_span(offset + a * per_region * dtype.itemsize, (b - a) * per_region, dtype)  # type: ignore[union-attr]
+        return flat.reshape((b - a, *ds.shape[1:]))
+
     def blocks(self, rows_per_block: int = 256) -> Iterator[Block]:
-        """Blocks covering the part in order."""
-        for start in range(0, self.num_rows, rows_per_block):
-            yield self.read_block(start, min(self.num_rows, start + rows_per_block))
+        """Blocks covering the part in order (the whole part as one block when the features are read
+        from their chunks: the block then holds ~1.8 KB per image, and each dataset is read once)."""
+        step = self.num_rows if self._raw is not None else rows_per_block
+        for start in range(0, self.num_rows, max(1, step)):
+            yield self.read_block(start, min(self.num_rows, start + step))
 
     def features(self, i: int) -> np.ndarray:
         """Only the features of row ``i`` (one ``pread`` on the fast path)."""

@@ -224,7 +224,10 @@ class ParquetPartReader:
         self.path = Path(path)
         self.settings = settings
         try:
-            self._file = pq.ParquetFile(self.path, memory_map=True)
+            # pre_buffer off: pyarrow's read-ahead cache costs ~60 µs per row group on every read
+            # of the small columns (measured: 2.0 ms against 0.09 ms for a 32-group part), and a
+            # mapped file has nothing to pre-buffer.
+            self._file = pq.ParquetFile(self.path, memory_map=True, pre_buffer=False)
         except (OSError, pa.ArrowException) as exc:
             raise StoreCorruptError(f"{self.path}: not a readable Parquet file ({exc}); run "
                                     "`itmflow store verify` and re-extract the part's images") from exc

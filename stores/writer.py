@@ -27,12 +27,27 @@ DEFAULT_ROWS_PER_PART = 512
 
 
 def write_part_file(directory: Path, name: str, produce: Callable[[Path], None]) -> tuple[str, int]:
-    """Let ``produce(tmp)`` write a complete file, then fsync, hash, rename it to ``directory/name``.
+    """Let ``produce(tmp)`` write a complete file, then fsync, hash, rename it to ``directory/name``."""
+    return finish_part_file(directory, produce_part_file(directory, name, produce), name)
 
-    The sha256 is computed (from the page cache) in a second thread while the main thread waits
+
+def produce_part_file(directory: Path, name: str, produce: Callable[[Path], None]) -> Path:
+    """Let ``produce(tmp)`` write the part under its temporary name; returns that path."""
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    try:
+        produce(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def finish_part_file(directory: Path, tmp: Path, name: str) -> tuple[str, int]:
+    """fsync and hash the written ``tmp``, rename it to ``directory/name``, fsync the directory.
+
+    The sha256 is computed (from the page cache) in a second thread while this one waits
     for fsync: both release the GIL, so hashing costs no wall time when the disk is the bottleneck.
     """
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
     result: dict[str, Any] = {}
 
     def hash_it() -> None:
@@ -42,7 +57,6 @@ def write_part_file(directory: Path, name: str, produce: Callable[[Path], None])
             result["error"] = exc
 
     try:
-        produce(tmp)
         hasher = threading.Thread(target=hash_it, name="part-sha256")
         hasher.start()
         try:
@@ -70,6 +84,12 @@ class RegionStoreWriter:
     Rows are validated by :func:`stores.schema.validate_row`; a part is committed whenever
     ``rows_per_part`` rows are pending, and on :meth:`commit` / :meth:`close` / leaving a ``with``.
     ``absent_fields`` lists per-region fields the source does not have (imported features).
+
+    A commit writes the part file in the calling thread and leaves the rest (fsync, sha256, rename,
+    manifest) to a background thread, so hashing one part overlaps with validating and encoding
+    the next (measured: ~100 ms of a 147 MB part's ~200 ms). One part is finished at a time, in
+    order; :meth:`close` (and :meth:`wait`) returns once everything is durable, and an error of a
+    background commit is raised by the next :meth:`commit`, :meth:`wait` or :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, storage: str = "parquet", feature_dim: int = 2048,
@@ -89,6 +109,9 @@ class RegionStoreWriter:
         self._pending: list[dict[str, Any]] = []
         self._pending_ids: set[str] = set()
         self._closed = False
+        self._finishing: threading.Thread | None = None
+        self._finishing_ids: dict[str, str] = {}  # ids of the part being finished -> its file
+        self._finish_error: BaseException | None = None
         self.path.mkdir(parents=True, exist_ok=True)
         if manifest_path(self.path).exists():
             self.manifest = load_manifest(self.path)
@@ -108,6 +131,7 @@ class RegionStoreWriter:
             self.manifest = new_manifest(self.settings, _jsonable(dict(extra or {})))
         self.removed_debris = self._remove_debris()
         self._committed: dict[str, str] = self._read_committed_ids()
+        self._next_index = 1 + max((_part_index(p["file"]) for p in self.manifest["parts"]), default=-1)
         save_manifest(self.path, self.manifest)
 
     # -- resume -------------------------------------------------------------------------------------
@@ -141,7 +165,8 @@ class RegionStoreWriter:
         return ids
 
     def committed_ids(self) -> set[str]:
-        """Image ids already committed (skip these when resuming)."""
+        """Image ids in durable parts (skip these when resuming); a part still being finished in the
+        background is not counted until it is (see :meth:`wait`)."""
         return set(self._committed)
 
     # -- writing ------------------------------------------------------------------------------------
@@ -151,9 +176,10 @@ class RegionStoreWriter:
             raise StoreError(f"{self.path}: the writer is closed")
         clean = validate_row(row, self.settings, where=f"{self.path}: row")
         image_id = clean["image_id"]
-        if image_id in self._committed:
+        done_in = self._committed.get(image_id) or self._finishing_ids.get(image_id)
+        if done_in is not None:
             raise StoreError(f"{self.path}: duplicate image_id {image_id!r}: already committed in "
-                             f"{self._committed[image_id]}; skip committed_ids() when resuming")
+                             f"{done_in}; skip committed_ids() when resuming")
         if image_id in self._pending_ids:
             raise StoreError(f"{self.path}: duplicate image_id {image_id!r} added twice in this run")
         self._pending.append(clean)
@@ -162,26 +188,55 @@ class RegionStoreWriter:
             self.commit()
 
     def commit(self) -> str | None:
-        """Write the pending rows as one part; return its file name (None when nothing was pending)."""
+        """Write the pending rows as one part; return its file name (None when nothing was pending).
+
+        The part is durable once the next commit, :meth:`wait` or :meth:`close` returns.
+        """
         if not self._pending:
             return None
         block = Block.from_rows(self._pending, self.settings.feature_dim, self.settings.dtype,
                                 self.settings.present_region_fields(), stack_features=False)
-        index = 1 + max((_part_index(p["file"]) for p in self.manifest["parts"]), default=-1)
-        name = part_name(index, self.settings.storage)
+        name = part_name(self._next_index, self.settings.storage)
         if self.settings.storage == "parquet":
-            sha, size = write_part_file(self.path, name, lambda tmp: parquet_part.write_part(
-                block, self.settings, tmp, self.row_group_rows))
+            tmp = produce_part_file(self.path, name, lambda t: parquet_part.write_part(
+                block, self.settings, t, self.row_group_rows))
         else:
-            sha, size = write_part_file(self.path, name, lambda tmp: hdf5_part.write_part(block, self.settings, tmp))
-        self.manifest["parts"].append({"file": name, "rows": len(block), "regions": int(block.offsets[-1]),
-                                       "sha256": sha, "bytes": size})
-        save_manifest(self.path, self.manifest)
-        for image_id in block.image_id:
-            self._committed[image_id] = name
+            tmp = produce_part_file(self.path, name, lambda t: hdf5_part.write_part(block, self.settings, t))
+        try:
+            self.wait()  # the previous part first: parts and manifest entries stay in order
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # this part's rows stay pending
+            raise
+        self._next_index += 1
+        entry = {"file": name, "rows": len(block), "regions": int(block.offsets[-1])}
+        self._finishing_ids = {image_id: name for image_id in block.image_id}
         self._pending.clear()
         self._pending_ids.clear()
+        self._finishing = threading.Thread(target=self._finish, args=(tmp, entry, self._finishing_ids),
+                                           name="store-commit")
+        self._finishing.start()
         return name
+
+    def _finish(self, tmp: Path, entry: dict[str, Any], ids: dict[str, str]) -> None:
+        """Background half of a commit: fsync + sha256, rename, then the manifest rewrite."""
+        try:
+            sha, size = finish_part_file(self.path, tmp, entry["file"])
+            self.manifest["parts"].append({**entry, "sha256": sha, "bytes": size})
+            save_manifest(self.path, self.manifest)
+            self._committed.update(ids)
+        except BaseException as exc:  # raised in the writer's thread by wait()
+            self._finish_error = exc
+
+    def wait(self) -> None:
+        """Block until the part being finished in the background is durable; raise its error, if any."""
+        thread = self._finishing
+        if thread is not None:
+            thread.join()
+            self._finishing = None
+            self._finishing_ids = {}
+        error, self._finish_error = self._finish_error, None
+        if error is not None:
+            raise error
 
     def record_failure(self, image_id: str, file: str, reason: str) -> None:
         """Append one failure to ``failures.jsonl`` (flushed and fsynced: it is a record, not a log)."""
@@ -192,10 +247,15 @@ class RegionStoreWriter:
             os.fsync(handle.fileno())
 
     def close(self) -> None:
-        """Commit what is pending; further adds raise."""
+        """Commit what is pending and wait until every part is durable; further adds raise."""
         if not self._closed:
-            self.commit()
-            self._closed = True
+            try:
+                self.commit()
+            finally:
+                try:
+                    self.wait()
+                finally:
+                    self._closed = True
 
     def __enter__(self) -> "RegionStoreWriter":
         return self

@@ -32,6 +32,7 @@ def test_resume_after_crash(tmp_path, storage, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         for row in rows:
             writer.add(row)
+        writer.close()  # the background commit's crash surfaces here at the latest
     monkeypatch.setattr(writer_mod.os, "replace", real_replace)
     ext = ".parquet" if storage == "parquet" else ".h5"
     # Leave more debris: a stray part file the manifest does not name (crash between rename and
