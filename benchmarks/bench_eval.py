@@ -71,18 +71,27 @@ def _peak_since(start_rss: int, device: torch.device) -> float:
 
 def per_caption_loop(model, images: EncodedChunks, captions: EncodedChunks,
                      device: torch.device) -> np.ndarray:
-    """The originals' structure: image shards of 100, one caption per similarity call."""
+    """The originals' structure: image shards of 100, one caption per similarity call.
+
+    Each caption is cut to its own word count first, as the authors' ``forward_sim`` does
+    (``cap_emb[i, :n_word]``), and goes through the model's straightforward path
+    (``reference_similarity`` where the model has one: SGRAF's training arithmetic).
+    """
     n_img, n_cap = len(images), len(captions)
     out = np.empty((n_img, n_cap), dtype=np.float32)
     img_all = model.concat(images.chunks) if len(images.chunks) > 1 else images.chunks[0]
+    similarity = getattr(model, "reference_similarity", model.similarity)
     c0 = 0
     with torch.no_grad():
         for chunk in captions.chunks:
             for b in range(num_items(chunk)):
                 cap = index_embeddings(chunk, slice(b, b + 1))
+                if isinstance(cap, dict) and "word_mask" in cap and "words" in cap:
+                    n_word = int(cap["word_mask"].sum())
+                    cap = {**cap, "words": cap["words"][:, :n_word], "word_mask": cap["word_mask"][:, :n_word]}
                 for s in range(0, n_img, SHARD):
                     img = index_embeddings(img_all, slice(s, s + SHARD))
-                    out[s:s + SHARD, c0] = model.similarity(img, cap)[:, 0].float().cpu().numpy()
+                    out[s:s + SHARD, c0] = similarity(img, cap)[:, 0].float().cpu().numpy()
                 c0 += 1
     return out
 

@@ -223,3 +223,45 @@ def test_gpu_block_scoring_equals_cpu() -> None:
     cpu = score_matrix(model, imgs, caps, max_memory_gb=1e-4)
     gpu = score_matrix(model.cuda(), imgs, caps, device="cuda", max_memory_gb=1e-4)
     np.testing.assert_allclose(gpu, cpu, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("module", ["SGR", "SAF"])
+def test_sgraf_evaluation_path_equals_training_path(module: str, monkeypatch) -> None:
+    """Eval-mode scoring (length groups, Gram-matrix norms, folded graph steps, node 0 only) gives
+    the training path's numbers; gradients switch back to the training path."""
+    import trainers.models.sgraf as sgraf_mod
+
+    torch.manual_seed(11)
+    model = SGRAF(SgrafConfig(module=module, vocab_size=50, feature_dim=48, word_dim=16,
+                              embed_size=64, sim_dim=32)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.bias.uniform_(-0.2, 0.2)  # non-zero biases exercise the folded constant terms
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(9, 36, 48, generator=g)
+    lengths = torch.tensor([1, 7, 3, 7, 12, 2, 3, 9, 7, 1, 5])
+    ids = torch.randint(4, 50, (11, 12), generator=g)
+    calls = {"n": 0}
+    real = sgraf_mod.score_block
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sgraf_mod, "score_block", counting)
+    with torch.no_grad():
+        img = model.encode_images({"features": feats})
+        cap = model.encode_captions({"word_ids": ids, "word_lengths": lengths})
+        fast = model.similarity(img, cap)
+        ref = model.reference_similarity(img, cap)
+    assert calls["n"] == 1 and fast.shape == (9, 11)
+    torch.testing.assert_close(fast, ref, atol=2e-6, rtol=0)
+    if module == "SGR":  # the folded weights follow an in-place weight change
+        with torch.no_grad():
+            model.sim_enc.SGR_module[1].graph_key_w.weight.mul_(1.5)
+            torch.testing.assert_close(model.similarity(img, cap), model.reference_similarity(img, cap),
+                                       atol=2e-6, rtol=0)
+    with torch.enable_grad():
+        out = model.similarity({k: v.detach() for k, v in img.items()}, cap)
+    assert out.requires_grad and calls["n"] == (2 if module == "SGR" else 1)

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from itmflow.errors import ModelInputError
 from trainers.models.common import MatchingModel, l1norm, l2norm, length_mask
+from trainers.models.sgraf_scoring import FoldedGraph, score_block
 
 EPS = 1e-8
 
@@ -228,6 +229,7 @@ class EncoderSimilarity(nn.Module):
             raise ValueError(f"SGRAF module must be 'SGR' or 'SAF', got {module!r}")
         for name in ("sim_tranloc_w", "sim_tranglo_w", "sim_eval_w"):
             _xavier(getattr(self, name))
+        self.folded_graph = FoldedGraph()  # evaluation-only cache (not part of the state dict)
 
     def local_context(self, regions: Tensor, words: Tensor, word_valid: Tensor) -> Tensor:
         """SCAN text-to-image attention for every (image, caption, word) → ``[Ni, Nc, L, E]``."""
@@ -240,6 +242,19 @@ class EncoderSimilarity(nn.Module):
 
     def forward(self, regions: Tensor, img_glo: Tensor, words: Tensor, word_valid: Tensor,
                 cap_glo: Tensor) -> Tensor:
+        """Scores ``[Ni, Nc]`` of every image against every caption.
+
+        In eval mode without autograd (scoring a test set) this is
+        :func:`trainers.models.sgraf_scoring.score_block`: the same numbers with less arithmetic.
+        Otherwise (training, or gradients requested) it is :meth:`reference`.
+        """
+        if not self.training and not torch.is_grad_enabled():
+            return score_block(self, regions, img_glo, words, word_valid, cap_glo, EPS)
+        return self.reference(regions, img_glo, words, word_valid, cap_glo)
+
+    def reference(self, regions: Tensor, img_glo: Tensor, words: Tensor, word_valid: Tensor,
+                  cap_glo: Tensor) -> Tensor:
+        """The authors' computation vectorised over a block, padded words masked (autograd-ready)."""
         context = self.local_context(regions, words, word_valid)
         sim_loc = l2norm(self.sim_tranloc_w((context - words.unsqueeze(0)).pow(2)), eps=EPS)
         sim_glo = l2norm(self.sim_tranglo_w((img_glo[:, None] - cap_glo[None]).pow(2)), eps=EPS)
@@ -306,6 +321,12 @@ class SGRAF(MatchingModel):
         regions = img_emb["regions"]
         return self.sim_enc(regions, img_emb["global"], cap_emb["words"].to(regions),
                             cap_emb["word_mask"], cap_emb["global"].to(regions))
+
+    def reference_similarity(self, img_emb: dict[str, Tensor], cap_emb: dict[str, Tensor]) -> Tensor:
+        """:meth:`similarity` through the straightforward path in every mode (tests, benchmarks)."""
+        regions = img_emb["regions"]
+        return self.sim_enc.reference(regions, img_emb["global"], cap_emb["words"].to(regions),
+                                      cap_emb["word_mask"], cap_emb["global"].to(regions))
 
 
 def check_regions(k: int, num_regions: Tensor | None, expected: int = 36) -> None:
