@@ -8,6 +8,8 @@ Run: ``.venv/bin/python benchmarks/bench_eval.py [--quick]`` → ``benchmarks/re
   loops over queries). Same model, same embeddings, same run; the two matrices are compared.
   Models have the papers' sizes (SGRAF embed 1024 / sim 256 / 36 regions; TERAN 1024-d tokens,
   36 regions) with random weights — speed does not depend on the weights.
+* Arithmetic: SGR's FLOPs per pair on both paths (:func:`sgr_flops_per_pair`) and this device's
+  float32 GEMM rate, so each scoring rate can be read as GFLOP/s against the device's peak.
 * Peak memory: resident-set growth while scoring (Linux ``VmHWM`` reset through
   ``/proc/self/clear_refs``), or ``torch.cuda.max_memory_allocated`` on a GPU; plus the embedding
   buffers a COCO 5K evaluation needs, ours (float32 / float16, chunk-padded) against the originals'
@@ -73,20 +75,22 @@ def per_caption_loop(model, images: EncodedChunks, captions: EncodedChunks,
                      device: torch.device) -> np.ndarray:
     """The originals' structure: image shards of 100, one caption per similarity call.
 
-    Each caption is cut to its own word count first, as the authors' ``forward_sim`` does
-    (``cap_emb[i, :n_word]``), and goes through the model's straightforward path
-    (``reference_similarity`` where the model has one: SGRAF's training arithmetic).
+    SGRAF: each caption is cut to its own word count first, as the authors' ``forward_sim`` does
+    (``cap_emb[i, :n_word]``), and goes through the straightforward arithmetic the model trains
+    with (``reference_similarity``). TERAN: captions keep their loader chunk's padding (the
+    authors pad every caption to 88 tokens, so this baseline is, if anything, faster than theirs).
     """
     n_img, n_cap = len(images), len(captions)
     out = np.empty((n_img, n_cap), dtype=np.float32)
     img_all = model.concat(images.chunks) if len(images.chunks) > 1 else images.chunks[0]
-    similarity = getattr(model, "reference_similarity", model.similarity)
+    reference = getattr(model, "reference_similarity", None)
+    similarity = reference or model.similarity
     c0 = 0
     with torch.no_grad():
         for chunk in captions.chunks:
             for b in range(num_items(chunk)):
                 cap = index_embeddings(chunk, slice(b, b + 1))
-                if isinstance(cap, dict) and "word_mask" in cap and "words" in cap:
+                if reference is not None:
                     n_word = int(cap["word_mask"].sum())
                     cap = {**cap, "words": cap["words"][:, :n_word], "word_mask": cap["word_mask"][:, :n_word]}
                 for s in range(0, n_img, SHARD):
@@ -94,6 +98,47 @@ def per_caption_loop(model, images: EncodedChunks, captions: EncodedChunks,
                     out[s:s + SHARD, c0] = similarity(img, cap)[:, 0].float().cpu().numpy()
                 c0 += 1
     return out
+
+
+def sgr_flops_per_pair(lengths: list[int], evaluation_path: bool, regions: int = 36, embed: int = 1024,
+                       sim: int = 256, steps: int = 3) -> float:
+    """Multiply-add FLOPs per (image, caption) pair of SGR, averaged over the captions' word counts.
+
+    Both paths share the attention (two ``R × L × E`` products), the local (``L × E × S``) and global
+    (``E × S``) alignment layers. The training path runs every graph step on all ``L + 1`` nodes
+    with three ``S × S`` layers; the evaluation path folds query and key into one layer and runs the
+    last step for node 0 only.
+    """
+    total = 0.0
+    for length in lengths:
+        nodes = length + 1
+        shared = 2 * 2 * regions * length * embed + 2 * length * embed * sim + 2 * embed * sim
+        edges = 2 * 2 * nodes * nodes * sim
+        if evaluation_path:
+            graph = (steps - 1) * (2 * 2 * nodes * sim * sim + edges) + 2 * 2 * sim * sim + 2 * 2 * nodes * sim
+            shared += 2 * regions * regions * length  # context norms from the Gram matrix
+        else:
+            graph = steps * (3 * 2 * nodes * sim * sim + edges)
+        total += shared + graph
+    return total / len(lengths)
+
+
+def gemm_peak(device: torch.device) -> list[dict]:
+    """float32 GEMM throughput of this device at the shape of SGRAF's local alignment layer."""
+    a = torch.randn(3072, 1024, device=device)
+    b = torch.randn(1024, 256, device=device)
+    for _ in range(3):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    reps, t = 20, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rate = 2 * 3072 * 1024 * 256 * reps / (time.perf_counter() - t) / 1e9
+    return [row("float32 GEMM 3072x1024 @ 1024x256", rate, "GFLOP/s",
+                note="the device's matrix-multiply rate, for the GFLOP/s of the scoring rows")]
 
 
 def bench_model(name: str, model, images: EncodedChunks, captions: EncodedChunks,
@@ -252,7 +297,13 @@ def main() -> None:
     model = model.to(device)
     ie = encode(model, imgs, "images", device=device)
     ce = encode(model, caps, "captions", device=device)
-    rows += bench_model("SGRAF (SGR)", model, ie, ce, device, max_memory_gb=1.0)
+    rows += gemm_peak(device)
+    sgr = bench_model("SGRAF (SGR)", model, ie, ce, device, max_memory_gb=1.0)
+    lengths = [int(n) for c in ce.chunks for n in c["word_mask"].sum(dim=1).tolist()]
+    fast, ref = sgr_flops_per_pair(lengths, True), sgr_flops_per_pair(lengths, False)
+    sgr[0].update(mflop_per_pair=fast / 1e6, gflop_per_s=sgr[0]["value"] * fast / 1e9,
+                  baseline_mflop_per_pair=ref / 1e6, baseline_gflop_per_s=sgr[0]["baseline_value"] * ref / 1e9)
+    rows += sgr
 
     from trainers.models.teran import TERAN, TeranConfig
 
@@ -265,7 +316,13 @@ def main() -> None:
         concat = staticmethod(TERAN.concat)
 
     ie, ce = teran_embeddings(*sizes["teran"])
-    rows += bench_model("TERAN (MrSw)", _TeranScorer(), ie, ce, device, max_memory_gb=1.0)
+    teran = bench_model("TERAN (MrSw)", _TeranScorer(), ie, ce, device, max_memory_gb=1.0)
+    # MrSw: one R × W × E product per pair; both paths run at the loader chunk's padded width.
+    widths = [int(c["words"].shape[1]) for c in ce.chunks for _ in range(c["words"].shape[0])]
+    flops = 2 * 36 * 1024 * float(np.mean(widths))
+    teran[0].update(mflop_per_pair=flops / 1e6, gflop_per_s=teran[0]["value"] * flops / 1e9,
+                    baseline_gflop_per_s=teran[0]["baseline_value"] * flops / 1e9)
+    rows += teran
     rows += coco_buffers()
     rows += bench_rouge(sizes["rouge_images"], workers=args.threads)
     config = {"device": str(device), "threads": args.threads, "quick": q, "sizes": sizes,
