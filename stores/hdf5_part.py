@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from itmflow.errors import StoreCorruptError
+from itmflow.errors import StoreCorruptError, StoreError
 from stores.block import Block, LazyRows
 from stores.rawrows import RawRows
 from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
@@ -111,10 +111,14 @@ def _write_chunks(path: Path, offsets: np.ndarray, rows: list[np.ndarray]) -> No
                 j += 1
             want = nbytes * (j - i)
             done = os.pwritev(fd, rows[i:j], offs[i])
-            if done != want:  # a short write (full disk): finish it byte-exactly
+            if done != want:  # a short write: finish it byte-exactly, or say why not
                 data = b"".join(r.tobytes() for r in rows[i:j])
                 while done < want:
-                    done += os.pwrite(fd, data[done:], offs[i] + done)
+                    wrote = os.pwrite(fd, data[done:], offs[i] + done)
+                    if wrote <= 0:
+                        raise StoreError(f"{path}: the file system took only {done} of {want} bytes at offset "
+                                         f"{offs[i]}; free some space and run again (the part is not committed)")
+                    done += wrote
             i = j
     finally:
         os.close(fd)

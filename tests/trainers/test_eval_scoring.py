@@ -265,3 +265,44 @@ def test_sgraf_evaluation_path_equals_training_path(module: str, monkeypatch) ->
     with torch.enable_grad():
         out = model.similarity({k: v.detach() for k, v in img.items()}, cap)
     assert out.requires_grad and calls["n"] == (2 if module == "SGR" else 1)
+
+
+def test_teran_packed_mrsw_equals_masked_reference() -> None:
+    """Evaluation MrSw with the valid words packed equals the padded, masked computation, also for
+    images with missing regions, an image with none, and a caption without words."""
+    from trainers.models.teran import alignment_scores, mrsw_scores_packed
+
+    g = torch.Generator().manual_seed(8)
+    regions = F.normalize(torch.randn(5, 9, 32, generator=g), dim=-1)
+    region_mask = torch.arange(9)[None] < torch.tensor([9, 4, 1, 9, 0])[:, None]
+    words = F.normalize(torch.randn(6, 7, 32, generator=g), dim=-1)
+    word_mask = torch.arange(7)[None] < torch.tensor([7, 3, 1, 0, 5, 2])[:, None]
+    packed = mrsw_scores_packed(regions, region_mask, words, word_mask)
+    ref = alignment_scores(regions, region_mask, words, word_mask, "MrSw")
+    torch.testing.assert_close(packed, ref, atol=1e-6, rtol=0)
+    assert float(packed[4].abs().max()) == 0.0 and float(packed[:, 3].abs().max()) == 0.0
+    full = torch.ones_like(region_mask)
+    torch.testing.assert_close(mrsw_scores_packed(regions, full, words, word_mask),
+                               alignment_scores(regions, full, words, word_mask, "MrSw"), atol=1e-6, rtol=0)
+
+
+def test_teran_similarity_uses_the_packed_path_only_for_evaluation(tiny_teran: TERAN, monkeypatch) -> None:
+    import trainers.models.teran as teran_mod
+
+    calls = {"n": 0}
+    real = teran_mod.mrsw_scores_packed
+
+    def counting(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(teran_mod, "mrsw_scores_packed", counting)
+    img = encode(tiny_teran, image_batches(4, 4, 9, 48, fixed=False), "images").chunks[0]
+    cap = encode(tiny_teran, bert_batches(6, 6), "captions").chunks[0]
+    with torch.no_grad():
+        fast = tiny_teran.similarity(img, cap)
+    assert calls["n"] == 1
+    with torch.enable_grad():
+        slow = tiny_teran.similarity(img, cap)
+    assert calls["n"] == 1
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-6, rtol=0)

@@ -70,6 +70,27 @@ def alignment_scores(regions: Tensor, region_mask: Tensor, words: Tensor, word_m
     return score
 
 
+def mrsw_scores_packed(regions: Tensor, region_mask: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+    """MrSw of every image against every caption with the valid words packed: ``[n_img, n_cap]``.
+
+    The same score as :func:`alignment_scores` (``MrSw``), for evaluation: the valid words of all
+    captions form one ``[T, E]`` matrix, so no padded word is multiplied or reduced (COCO captions
+    in a loader chunk are padded to their longest), and the per-caption sums are one ``index_add``
+    (on a GPU its atomic adds may order a sum differently from run to run: ~1e-7).
+    """
+    n_img, n_reg, dim = regions.shape
+    n_cap = words.shape[0]
+    flat = words.to(regions)[word_mask]                                 # [T, E]
+    owner = torch.nonzero(word_mask)[:, 0]                              # caption of each word
+    a = (regions.reshape(n_img * n_reg, dim) @ flat.t()).view(n_img, n_reg, -1)
+    if not bool(region_mask.all()):
+        a = a.masked_fill(~region_mask[:, :, None], float("-inf"))
+    per_word = a.amax(dim=1)                                            # [Ni, T]
+    if not bool(region_mask.any(dim=1).all()):                          # an image with no region
+        per_word = torch.where(region_mask.any(dim=1, keepdim=True), per_word, per_word.new_zeros(()))
+    return per_word.new_zeros(n_img, n_cap).index_add_(1, owner, per_word)
+
+
 class TERAN(TransformerEncoders):
     """TERAN; embeddings are dicts of per-token unit vectors with masks (plus the global CLS)."""
 
@@ -100,6 +121,15 @@ class TERAN(TransformerEncoders):
         return {"words": words, "word_mask": word_mask, "global": tokens[:, 0]}
 
     def similarity(self, img_emb: dict[str, Tensor], cap_emb: dict[str, Tensor]) -> Tensor:
+        """Alignment scores ``[n_img, n_cap]``; MrSw in eval mode without autograd packs the valid
+        words (:func:`mrsw_scores_packed`, the same numbers without the padding's arithmetic)."""
+        if self.config.aggregation == "MrSw" and not self.training and not torch.is_grad_enabled():
+            return mrsw_scores_packed(img_emb["regions"], img_emb["region_mask"], cap_emb["words"],
+                                      cap_emb["word_mask"])
+        return self.reference_similarity(img_emb, cap_emb)
+
+    def reference_similarity(self, img_emb: dict[str, Tensor], cap_emb: dict[str, Tensor]) -> Tensor:
+        """:meth:`similarity` through the padded, masked computation in every mode (training)."""
         return alignment_scores(img_emb["regions"], img_emb["region_mask"], cap_emb["words"],
                                 cap_emb["word_mask"], self.config.aggregation,
                                 self.config.mwsr_zero_floor)
@@ -109,4 +139,4 @@ class TERAN(TransformerEncoders):
         return emb["global"]
 
 
-__all__ = ["TERAN", "TeranConfig", "alignment_scores"]
+__all__ = ["TERAN", "TeranConfig", "alignment_scores", "mrsw_scores_packed"]

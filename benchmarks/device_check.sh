@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The evaluation checks that need a CUDA GPU, as one run (for a lent GPU machine, or any CUDA box):
+# GPU block scoring against the CPU, then the scoring benchmark on the device (target: >= 10x the
+# originals' per-caption loop). Uses $PYTHON (default: the project's .venv if present, else
+# python3 with the repository on PYTHONPATH); results land in benchmarks/results/eval.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device visible')"
+"$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+    "tests/trainers/test_eval_scoring.py::test_gpu_block_scoring_equals_cpu"
+"$PYTHON" benchmarks/bench_eval.py --device cuda
