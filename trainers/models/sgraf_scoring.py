@@ -13,7 +13,8 @@ only float32 rounding differs (measured below 1e-6 on the final sigmoid):
 * **Folded graph attention.** A reasoning step's edge logits are ``(Wq x_i + bq)·(Wk x_j + bk)``.
   Terms constant along ``j`` cancel in the softmax over ``j``, which leaves
   ``(x_i A + c)·x_j`` with ``A = Wqᵀ Wk`` and ``c = bq Wk``: one 256 × 256 product per node
-  instead of two.
+  instead of two; the step's output layer moves before the (row-stochastic) aggregation and
+  shares that product's GEMM (``[A | Wgᵀ]``).
 * **Only node 0 in the last step.** The score reads node 0 after the last step, so that step
   computes one query, one row of edges and one output row per pair instead of ``L + 1``.
 
@@ -44,7 +45,9 @@ def _normalize(x: Tensor, eps: float) -> Tensor:
 
 
 class FoldedGraph:
-    """``A = Wqᵀ Wk`` and ``c = bq Wk`` of every SGR step, recomputed whenever a weight changes."""
+    """Per SGR step the folded query-key product and the output layer side by side:
+    ``[A | Wgᵀ]`` (``S × 2S``, ``A = Wqᵀ Wk``) with the bias ``[c | bg]`` (``c = bq Wk``).
+    Recomputed (in float64, then cast) whenever one of the weights changes."""
 
     def __init__(self) -> None:
         self._key: tuple | None = None
@@ -52,7 +55,8 @@ class FoldedGraph:
 
     def get(self, steps: Any) -> list[tuple[Tensor, Tensor]]:
         tensors = [t for s in steps for t in (s.graph_query_w.weight, s.graph_query_w.bias,
-                                              s.graph_key_w.weight)]
+                                              s.graph_key_w.weight, s.sim_graph_w.weight,
+                                              s.sim_graph_w.bias)]
         key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         if key != self._key:
             folded = []
@@ -61,19 +65,27 @@ class FoldedGraph:
                 wk = s.graph_key_w.weight.double()
                 bq = s.graph_query_w.bias.double()
                 dtype = s.graph_query_w.weight.dtype
-                folded.append(((wq.t() @ wk).to(dtype), (bq @ wk).to(dtype)))
+                weight = torch.cat([wq.t() @ wk, s.sim_graph_w.weight.double().t()], dim=1)
+                bias = torch.cat([bq @ wk, s.sim_graph_w.bias.double()])
+                folded.append((weight.to(dtype), bias.to(dtype)))
             self._key, self._folded = key, folded
         return self._folded
 
 
 def _graph_reasoning(x: Tensor, steps: Any, folded: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """SGR over nodes ``x [P, N, S]`` (all valid) → node 0 after the last step, ``[P, S]``."""
-    for step, (a, c) in zip(steps[:-1], folded[:-1]):
-        q = torch.addmm(c, x.reshape(-1, x.shape[-1]), a).view_as(x)
-        edges = torch.softmax(q @ x.transpose(1, 2), dim=-1)
-        x = F.relu(step.sim_graph_w(edges @ x))
-    a, c = folded[-1]
-    q0 = torch.addmm(c, x[:, 0], a)                                   # [P, S]
+    """SGR over nodes ``x [P, N, S]`` (all valid) → node 0 after the last step, ``[P, S]``.
+
+    A step is ``relu(Wg(softmax((x A + c) xᵀ) x) + bg)``; since every softmax row sums to 1 this is
+    ``relu(softmax((x A + c) xᵀ) (x Wgᵀ + bg))``, so the query and the output layer are one
+    ``S × 2S`` product per node. The last step needs node 0 only.
+    """
+    size = x.shape[-1]
+    for weight, bias in folded[:-1]:
+        both = torch.addmm(bias, x.reshape(-1, size), weight).view(x.shape[0], x.shape[1], 2 * size)
+        edges = torch.softmax(both[..., :size] @ x.transpose(1, 2), dim=-1)
+        x = F.relu(edges @ both[..., size:])
+    weight, bias = folded[-1]
+    q0 = torch.addmm(bias[:size], x[:, 0], weight[:, :size])            # [P, S]
     edges0 = torch.softmax((x @ q0.unsqueeze(-1)).squeeze(-1), dim=-1)  # [P, N]
     return F.relu(steps[-1].sim_graph_w((edges0.unsqueeze(1) @ x).squeeze(1)))
 
