@@ -92,11 +92,15 @@ class WorkerShape:
     num_cpus: float
     threads: int
     decode_cpus: float
+    decode_in_actor: bool = False
+    """Actors decode their own batches (no decode tasks): CPU actors whose threads cover every core."""
 
 
 def plan_workers(info: ClusterInfo, *, workers: int | None, device: str) -> WorkerShape:
     """One actor per GPU (``num_gpus=1``) when GPUs exist and the device allows; otherwise
-    ``workers`` CPU actors sharing the CPUs, leaving a quarter of them for decode tasks.
+    ``workers`` CPU actors sharing the CPUs, leaving a quarter of them for decode tasks. CPU actors
+    whose threads cover every core decode their own batches instead (``decode_in_actor``): a decode
+    task would only preempt their threads.
 
     CPU actors take a fractional CPU share so decode tasks can always be scheduled: an actor
     holding a whole CPU each would starve them on a 2-CPU machine (measured: a deadlock).
@@ -114,4 +118,5 @@ def plan_workers(info: ClusterInfo, *, workers: int | None, device: str) -> Work
     share = round(0.75 * cpus / count, 3)
     threads = max(1, int(cpus // count))
     return WorkerShape(count=count, device="cpu", num_gpus=0.0, num_cpus=max(share, 0.01),
-                       threads=threads, decode_cpus=round(max(0.25 * cpus / max(count, 1), 0.1), 3))
+                       threads=threads, decode_cpus=round(max(0.25 * cpus / max(count, 1), 0.1), 3),
+                       decode_in_actor=count * threads >= cpus)

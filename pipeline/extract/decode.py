@@ -62,13 +62,20 @@ def decode_one(root: Path, item: WorkItem, *, min_size: int, max_size: int) -> A
 
 def decode_batch(number: int, root: str, items: list[WorkItem], min_size: int,
                  max_size: int) -> DecodedBatch:
-    """Decode every image of a batch; failures are recorded, never raised."""
+    """Decode every image of a batch in a decode task (one torch thread); failures are recorded,
+    never raised."""
     try:  # a decode worker uses one thread: parallelism comes from running several tasks
         import torch
 
         torch.set_num_threads(1)
     except ImportError:
         pass
+    return decode_items(number, root, items, min_size, max_size)
+
+
+def decode_items(number: int, root: str, items: list[WorkItem], min_size: int,
+                 max_size: int) -> DecodedBatch:
+    """Decode every image of a batch in the calling process, with its thread settings."""
     out = DecodedBatch(number)
     base = Path(root)
     for item in items:

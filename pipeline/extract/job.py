@@ -223,9 +223,13 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
 
     def submit(batch: Batch, attempt: int) -> None:
         slot = workers.pick()
-        decoded = decode.remote(batch.number, root, batch.items, cfg.min_size, cfg.max_size)
         actor = workers.actors[slot]
-        in_flight[actor.detect.remote(decoded)] = (batch, slot, actor, attempt)
+        if workers.shape.decode_in_actor:
+            ref = actor.decode_and_detect.remote(batch.number, root, batch.items, cfg.min_size, cfg.max_size)
+        else:
+            decoded = decode.remote(batch.number, root, batch.items, cfg.min_size, cfg.max_size)
+            ref = actor.detect.remote(decoded)
+        in_flight[ref] = (batch, slot, actor, attempt)
         workers.load[slot] += 1
 
     with make_progress(console) as progress:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.extract.decode import DecodedBatch, Failure, failure_reason
+from pipeline.extract.decode import DecodedBatch, Failure, decode_items, failure_reason
 
 #: Store fields a detector returns per image (the rest, image_id and file, come from the batch).
 _ARRAY_FIELDS = ("boxes", "geometry", "features", "object_ids", "object_conf", "attr_ids", "attr_conf")
@@ -67,6 +67,22 @@ class DetectorWorker:
     def ping(self) -> int:
         """The worker's process id (the tests use it to kill a worker mid-run)."""
         return self.pid
+
+    def decode_and_detect(self, number: int, root: str, items: list[Any], min_size: int,
+                          max_size: int) -> BatchResult:
+        """Decode a batch here, then detect: for CPU actors whose threads take every core, where a
+        separate decode task would preempt the detector's threads (measured on 2 cores: a batch
+        overlapping a decode task detected in 6.6 s instead of 4.3 s). Decoding runs on one thread,
+        as in a decode task, so both paths prepare the same pixels."""
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            decoded = decode_items(number, root, items, min_size, max_size)
+        finally:
+            torch.set_num_threads(threads)
+        return self.detect(decoded)
 
     def detect(self, decoded: DecodedBatch) -> BatchResult:
         """Run the detector on the prepared images of ``decoded``; rows keep batch order."""

@@ -105,5 +105,9 @@ def test_worker_shapes_follow_the_cluster_resources():
     assert cpu.count * cpu.num_cpus + cpu.decode_cpus <= 2
     forced = plan_workers(ClusterInfo(False, "x", cpus=8, gpus=1, log_dir=None), workers=3, device="cpu")
     assert (forced.count, forced.device, forced.num_gpus) == (3, "cpu", 0.0)
+    # CPU actors whose threads take every core decode their own batches; otherwise decode tasks
+    assert cpu.decode_in_actor and not gpu.decode_in_actor and not forced.decode_in_actor
+    one = plan_workers(ClusterInfo(True, "local", cpus=2, gpus=0, log_dir=None), workers=None, device="auto")
+    assert (one.count, one.threads, one.decode_in_actor) == (1, 2, True)
     with pytest.raises(ConfigError, match="no GPU"):
         plan_workers(ClusterInfo(True, "local", cpus=2, gpus=0, log_dir=None), workers=None, device="cuda")

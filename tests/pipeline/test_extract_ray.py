@@ -66,6 +66,31 @@ def test_bad_files_are_recorded_and_reruns_only_do_new_images(tmp_path, photo_di
     assert [r[0] for r in store_contents(out)] == ["astronaut", "coffee", "rocket", "camera"]
 
 
+def test_decode_tasks_and_decoding_in_the_actor_give_the_same_store(tmp_path, good_collection,
+                                                                     reference_store, ray_local,
+                                                                     monkeypatch):
+    """2 CPUs, one 2-thread actor: the default decodes inside the actor; the decode-task path
+    (GPU actors, CPU actors that leave cores free) must write the same bytes."""
+    import dataclasses
+
+    import pipeline.extract.cluster as cluster
+
+    real = cluster.plan_workers
+    shapes = []
+
+    def with_decode_tasks(*args, **kwargs):
+        shape = real(*args, **kwargs)
+        shapes.append(shape.decode_in_actor)
+        return dataclasses.replace(shape, decode_in_actor=False)
+
+    monkeypatch.setattr(cluster, "plan_workers", with_decode_tasks)
+    out = tmp_path / "store"
+    summary = run_extract(_cfg(good_collection, out))
+    assert shapes == [True]  # the reference store was written with decoding in the actor
+    assert summary.processed == len(GOOD) and summary.failed == 0
+    assert store_contents(out) == store_contents(reference_store)
+
+
 def test_killed_actor_is_restarted_and_the_store_is_complete(tmp_path, good_collection,
                                                             reference_store, ray_local):
     killed: list[int] = []
