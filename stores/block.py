@@ -8,7 +8,7 @@ share one code path. Rows handed out by :meth:`Block.row` are views into the blo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 

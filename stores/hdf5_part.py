@@ -25,7 +25,7 @@ import numpy as np
 
 from itmflow.errors import StoreCorruptError, StoreError
 from stores.block import Block, LazyRows
-from stores.rawrows import RawRows
+from stores.rawrows import RawRows, contiguous_runs
 from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
 _VARIABLE_CHUNK_REGIONS = 36
@@ -80,17 +80,18 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
 
 
 def _chunk_offsets(ds: Any, k: int, n: int, nbytes: int) -> np.ndarray:
-    """File offset of every image's chunk of a fixed-K features dataset (all chunks allocated)."""
+    """File offset of every image's chunk of a fixed-K features dataset; raises
+    :class:`StoreCorruptError` for a chunk of another size, a filtered chunk or a missing chunk."""
     offs = np.full(n, -1, dtype=np.int64)
 
     def visit(info: Any) -> None:
-        if info.size != nbytes or info.chunk_offset[1] != 0:
+        if info.size != nbytes or info.filter_mask or info.chunk_offset[1] != 0:
             raise StoreCorruptError(f"unexpected HDF5 chunk {info.chunk_offset} of {info.size} bytes")
         offs[info.chunk_offset[0] // k] = info.byte_offset
 
     ds.id.chunk_iter(visit)
     if (offs < 0).any():
-        raise StoreCorruptError("HDF5 did not allocate every feature chunk at creation")
+        raise StoreCorruptError("not every feature chunk of the HDF5 part is allocated")
     return offs
 
 
@@ -104,11 +105,7 @@ def _write_chunks(path: Path, offsets: np.ndarray, rows: list[np.ndarray]) -> No
     offs = offsets.tolist()
     fd = os.open(path, os.O_WRONLY)
     try:
-        i = 0
-        while i < len(rows):
-            j = i + 1
-            while j < len(rows) and j - i < _ROWS_PER_WRITE and offs[j] == offs[j - 1] + nbytes:
-                j += 1
+        for i, j in contiguous_runs(offs, nbytes, 0, len(rows), _ROWS_PER_WRITE):
             want = nbytes * (j - i)
             done = os.pwritev(fd, rows[i:j], offs[i])
             if done != want:  # a short write: finish it byte-exactly, or say why not
@@ -119,7 +116,6 @@ def _write_chunks(path: Path, offsets: np.ndarray, rows: list[np.ndarray]) -> No
                         raise StoreError(f"{path}: the file system took only {done} of {want} bytes at offset "
                                          f"{offs[i]}; free some space and run again (the part is not committed)")
                     done += wrote
-            i = j
     finally:
         os.close(fd)
 
@@ -175,18 +171,11 @@ class HDF5PartReader:
                 or ds.id.get_create_plist().get_nfilters() or not hasattr(ds.id, "chunk_iter")):
             return
         nbytes = k * dim * ds.dtype.itemsize
-        offs = np.full(n, -1, dtype=np.int64)
-
-        def visit(info: Any) -> None:
-            if info.size != nbytes or info.filter_mask or info.chunk_offset[1] != 0:
-                raise ValueError("unexpected chunk")
-            offs[info.chunk_offset[0] // k] = info.byte_offset
-
         try:
-            ds.id.chunk_iter(visit)
+            offs = _chunk_offsets(ds, k, n, nbytes)
         except Exception:  # old HDF5 without H5Dchunk_iter, or an unexpected layout
             return
-        if (offs < 0).any() or int(offs.max()) + nbytes > self.path.stat().st_size:
+        if int(offs.max()) + nbytes > self.path.stat().st_size:
             return
         self._raw = RawRows(self.path, offs, nbytes, self.settings.dtype, (k, dim))
 

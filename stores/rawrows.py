@@ -18,6 +18,20 @@ import numpy as np
 from itmflow.errors import StoreCorruptError
 
 
+def contiguous_runs(offsets: list[int], nbytes: int, start: int, stop: int,
+                    limit: int | None = None) -> list[tuple[int, int]]:
+    """``(i, j)`` runs of rows ``start:stop`` that lie back to back in the file (row ``r`` is
+    ``nbytes`` at ``offsets[r]``), each at most ``limit`` rows long: one ``preadv``/``pwritev`` each."""
+    runs, i = [], start
+    while i < stop:
+        j = i + 1
+        while j < stop and (limit is None or j - i < limit) and offsets[j] == offsets[j - 1] + nbytes:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
 class RawRows:
     """Row ``i`` = ``nbytes`` at ``offsets[i]`` of ``path``, viewed as ``dtype`` of ``shape``."""
 
@@ -44,33 +58,27 @@ class RawRows:
         """Rows ``start:stop``, each its own array, with one ``preadv`` per run of rows that lie back
         to back in the file (rows of one Parquet row group; HDF5 chunks in write order)."""
         bufs = [np.empty(self.nbytes, dtype=np.uint8) for _ in range(stop - start)]
-        offsets, nbytes = self.offsets, self.nbytes
-        i = start
-        while i < stop:
-            j = i + 1
-            while j < stop and offsets[j] == offsets[j - 1] + nbytes:
-                j += 1
-            self._fill(bufs[i - start:j - start], i)
-            i = j
+        for i, j in contiguous_runs(self.offsets, self.nbytes, start, stop):
+            self._pread(bufs[i - start:j - start], self.offsets[i], f"rows {i}-{j - 1}")
         return [b.view(self.dtype).reshape(self.shape) for b in bufs]
 
     def read_span(self, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` at byte ``offset`` of the same file (a contiguous dataset)."""
         out = np.empty(count, dtype=dtype)
-        fd = self._fd if self._pid == os.getpid() else self._descriptor()
-        got = os.preadv(fd, [out], offset) if out.nbytes else 0
-        if got != out.nbytes:
-            raise StoreCorruptError(f"{self.path}: {out.nbytes} bytes at offset {offset} wanted, the file gave "
-                                    f"{got} (truncated?); run `itmflow store verify`")
+        if out.nbytes:
+            self._pread([out], offset, f"{out.nbytes} bytes")
         return out
 
     def _fill(self, bufs: list[np.ndarray], i: int) -> None:
+        self._pread(bufs, self.offsets[i], f"rows {i}-{i + len(bufs) - 1}")
+
+    def _pread(self, bufs: list[np.ndarray], offset: int, what: str) -> None:
         fd = self._fd if self._pid == os.getpid() else self._descriptor()
-        want = self.nbytes * len(bufs)
-        got = os.preadv(fd, bufs, self.offsets[i])
+        want = sum(b.nbytes for b in bufs)
+        got = os.preadv(fd, bufs, offset)
         if got != want:
-            raise StoreCorruptError(f"{self.path}: rows {i}-{i + len(bufs) - 1} need {want} bytes at offset "
-                                    f"{self.offsets[i]}, the file gave {got} (truncated?); run `itmflow store verify`")
+            raise StoreCorruptError(f"{self.path}: {what} need {want} bytes at offset {offset}, the file "
+                                    f"gave {got} (truncated?); run `itmflow store verify`")
 
     def close(self) -> None:
         """Close this process's descriptor."""

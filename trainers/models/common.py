@@ -48,6 +48,12 @@ def l1norm(x: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
     return x / (x.abs().sum(dim=dim, keepdim=True) + eps)
 
 
+def scoring_without_grad(module: nn.Module) -> bool:
+    """True in eval mode with autograd off (scoring a test set): where a model may take an
+    evaluation-only path that computes the same numbers with less arithmetic."""
+    return not module.training and not torch.is_grad_enabled()
+
+
 def length_mask(lengths: Tensor, size: int) -> Tensor:
     """Boolean ``[B, size]`` mask, True where ``position < length``."""
     positions = torch.arange(size, device=lengths.device)

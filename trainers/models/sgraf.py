@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from itmflow.errors import ModelInputError
-from trainers.models.common import MatchingModel, l1norm, l2norm, length_mask
+from trainers.models.common import MatchingModel, l1norm, l2norm, length_mask, scoring_without_grad
 from trainers.models.sgraf_scoring import FoldedGraph, score_block
 
 EPS = 1e-8
@@ -248,7 +248,7 @@ class EncoderSimilarity(nn.Module):
         :func:`trainers.models.sgraf_scoring.score_block`: the same numbers with less arithmetic.
         Otherwise (training, or gradients requested) it is :meth:`reference`.
         """
-        if not self.training and not torch.is_grad_enabled():
+        if scoring_without_grad(self):
             return score_block(self, regions, img_glo, words, word_valid, cap_glo, EPS)
         return self.reference(regions, img_glo, words, word_valid, cap_glo)
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainers.models.common import scoring_without_grad
 from trainers.models.tern import TernConfig, TransformerEncoders
 
 Aggregation = Literal["MrSw", "MwSr", "symm"]
@@ -123,7 +124,7 @@ class TERAN(TransformerEncoders):
     def similarity(self, img_emb: dict[str, Tensor], cap_emb: dict[str, Tensor]) -> Tensor:
         """Alignment scores ``[n_img, n_cap]``; MrSw in eval mode without autograd packs the valid
         words (:func:`mrsw_scores_packed`, the same numbers without the padding's arithmetic)."""
-        if self.config.aggregation == "MrSw" and not self.training and not torch.is_grad_enabled():
+        if self.config.aggregation == "MrSw" and scoring_without_grad(self):
             return mrsw_scores_packed(img_emb["regions"], img_emb["region_mask"], cap_emb["words"],
                                       cap_emb["word_mask"])
         return self.reference_similarity(img_emb, cap_emb)
