@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # the Rust backend may 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from itmflow.bench import row, write_result  # noqa: E402
+from pipeline.text.vocab import SHIPPED_VOCABS  # noqa: E402
 
 SUBJECTS = ["man", "woman", "child", "dog", "cat", "group of people", "young boy", "girl", "bus", "train",
             "plate of food", "giraffe", "skateboarder", "surfer", "tennis player", "kitchen", "pizza",
@@ -108,7 +109,7 @@ def main() -> None:
     hf_flat = [i for ids in hf_out for i in ids]
     assert hf_flat == values[: offsets[len(sub)]].tolist(), "our ids differ from transformers'"
 
-    vocab_file = Path(__file__).resolve().parents[2] / "shared" / "data" / "sgraf_vocab" / "coco_precomp_vocab.json"
+    vocab_file = SHIPPED_VOCABS["coco_precomp"]
     vocab = WordVocab.load(vocab_file) if vocab_file.is_file() else WordVocab.build(texts[:100_000])
     _, vocab_s, vocab_cpu = timed(lambda: [vocab.ids(vocab.tokenize(t)) for t in texts])
 

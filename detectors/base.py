@@ -24,6 +24,8 @@ REGION_KEYS = ("boxes", "geometry", "features", "object_ids", "object_conf", "at
 
 OBJECTS_FILE = "objects_vocab.txt"
 ATTRIBUTES_FILE = "attributes_vocab.txt"
+#: The Visual Genome 1600/400 label lists shipped inside the package (``detectors/data``).
+SHIPPED_VOCAB_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass
@@ -96,6 +98,11 @@ class VGVocab:
                     f"{len(names)} {what}, the VG detector has {want}; use the 1600-400-20 lists")
         return cls(tuple(objects), tuple(attributes), sha256_file(paths[OBJECTS_FILE]),
                    sha256_file(paths[ATTRIBUTES_FILE]))
+
+    @classmethod
+    def shipped(cls) -> "VGVocab":
+        """The bottom-up-attention 1600-400-20 lists shipped with itmflow (package data)."""
+        return cls.load(SHIPPED_VOCAB_DIR)
 
     @classmethod
     def find(cls, *candidates: str | Path | None) -> "VGVocab | None":

@@ -55,7 +55,7 @@ class Detectron2Detector:
         self.policy = RegionPolicy.parse(regions)
         self.weights_file = Path(weights).name
         self.weights_sha256 = sha256_file(weights)
-        self.vocab = VGVocab.load(vocab_dir) if vocab_dir else None
+        self.vocab = VGVocab.load(vocab_dir) if vocab_dir else VGVocab.shipped()
         self.config_file = str(config_file)
 
     def settings(self) -> dict[str, Any]:

@@ -44,16 +44,20 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def vg_vocab_dir() -> Path:
-    """The Visual Genome label lists shipped beside the repository (../shared/data)."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "visual_genome"
+    """The Visual Genome label lists shipped inside the package (detectors/data)."""
+    from detectors.base import SHIPPED_VOCAB_DIR
+
+    path = SHIPPED_VOCAB_DIR
     assert (path / "objects_vocab.txt").is_file(), f"missing {path}"
     return path
 
 
 @pytest.fixture(scope="session")
 def sgraf_vocab_dir() -> Path:
-    """SGRAF's word vocabularies shipped beside the repository (../shared/data)."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "sgraf_vocab"
+    """SGRAF's word vocabularies shipped inside the package (pipeline/text/data)."""
+    from pipeline.text.vocab import SHIPPED_VOCABS
+
+    path = SHIPPED_VOCABS["coco_precomp"].parent
     assert (path / "coco_precomp_vocab.json").is_file(), f"missing {path}"
     return path
 

@@ -27,7 +27,7 @@ def detections_png(store: Path, images_root: Path, out: Path, *, count: int = 4,
     from detectors.visualize import draw_regions
     from stores import open_region_store
 
-    vocab = VGVocab.find(vocab_dir) if vocab_dir else None
+    vocab = (VGVocab.find(vocab_dir) if vocab_dir else None) or VGVocab.shipped()
 
     def label(obj: int, attr: int) -> str:
         if vocab is None:

@@ -209,8 +209,8 @@ def build_detector(weights: str | None, *, random_init: bool = False, seed: int 
                    pre_nms_topk: int = 6000, post_nms_topk: int = 300) -> BUTDDetector:
     """Build the detector from a checkpoint (path, URL or hub id) or with seeded random weights.
 
-    The VG vocabulary is read from ``vocab_dir`` or, failing that, from the weights' directory;
-    without one, ids stay numeric.
+    The VG vocabulary is read from ``vocab_dir``, else from the weights' directory (a checkpoint's
+    own lists win), else the 1600/400 lists shipped with the package are used.
     """
     if (weights is None) == (not random_init):
         raise ConfigError("give exactly one of a weights path (--weights) or random_init "
@@ -238,7 +238,7 @@ def build_detector(weights: str | None, *, random_init: bool = False, seed: int 
     if vocab_dir is not None:
         vocab = VGVocab.load(vocab_dir)
     else:
-        vocab = VGVocab.find(weights_dir)
+        vocab = VGVocab.find(weights_dir) or VGVocab.shipped()
     return BUTDDetector(model, settings, device=device, weights_file=file, weights_sha256=sha,
                         weights_layout=layout, vocab=vocab, random_init=random_init,
                         seed=seed if random_init else None)

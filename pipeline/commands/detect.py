@@ -28,7 +28,7 @@ def detect(
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
     vocab: Optional[Path] = typer.Option(
         None, "--vocab", help="Directory with objects_vocab.txt and attributes_vocab.txt "
-                              "(default: next to the weights; numeric ids without one)."),
+                              "(default: next to the weights, else the shipped VG lists)."),
     regions: str = typer.Option("36", "--regions", help="Fixed K (36) or adaptive MIN-MAX (10-100)."),
     selection: str = typer.Option("caffe", "--selection",
                                   help="caffe (generate_tsv.py, proposal boxes) or maxnms "

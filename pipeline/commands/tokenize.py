@@ -16,8 +16,9 @@ def tokenize(
     tokenizer: str = typer.Option("bert-base-uncased", "--tokenizer", help="Hugging Face tokenizer: local "
                                   "directory or hub id (a hub id downloads unless cached)."),
     no_bert: bool = typer.Option(False, "--no-bert", help="Skip BERT ids (e.g. SGRAF only needs word ids)."),
-    vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN/SGRAF vocabulary JSON to use (e.g. the "
-                                         "shipped coco_precomp_vocab.json, to match published checkpoints)."),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN/SGRAF vocabulary JSON, or a shipped "
+                                         "one by name (coco_precomp, f30k_precomp: the published "
+                                         "checkpoints' ids)."),
     build_vocab: bool = typer.Option(False, "--build-vocab", help="Build a word vocabulary the SCAN way from "
                                      "train+restval+val captions; saved as OUT/vocab.json."),
     threshold: int = typer.Option(4, "--vocab-threshold", help="--build-vocab: keep words seen this often."),

@@ -22,6 +22,8 @@ from itmflow.errors import TokenizerError
 from itmflow.files import sha256_bytes
 
 DEFAULT_TOKENIZER = "bert-base-uncased"
+#: The bert-base-uncased WordPiece vocabulary shipped inside the package (30,522 entries).
+SHIPPED_BERT_VOCAB = Path(__file__).resolve().parent / "data" / "bert-base-uncased-vocab.txt"
 _BATCH = 8192
 
 
@@ -166,6 +168,31 @@ def _from_tokenizer_json(folder: Path) -> tuple[Any, int | None, int | None]:
     return backend, backend.token_to_id(cls), backend.token_to_id(sep)
 
 
+def _shipped_bert_base_uncased() -> tuple[Any, int | None, int | None]:
+    """bert-base-uncased from the shipped vocabulary, built as its hub ``tokenizer.json`` is.
+
+    BertNormalizer (clean text, CJK spacing, lower-case, accents stripped with lower-casing),
+    BertPreTokenizer, WordPiece (``[UNK]``, ``##``, 100 characters), ``[CLS] $A [SEP]``: the same
+    ids as the hub tokenizer, with no network.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {}
+    for idx, line in enumerate(SHIPPED_BERT_VOCAB.read_text(encoding="utf-8").splitlines()):
+        vocab[line] = idx
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                         max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    backend.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    return backend, cls_id, sep_id
+
+
 def _from_transformers(text: str, local: Path, is_dir: bool) -> tuple[Any, int | None, int | None]:
     """Backend, [CLS] id and [SEP] id through ``AutoTokenizer`` (hub ids, vocab.txt-only dirs)."""
     from tokenizers import Tokenizer
@@ -189,6 +216,8 @@ def _from_transformers(text: str, local: Path, is_dir: bool) -> tuple[Any, int |
 def load_bert_tokenizer(name_or_dir: str | Path = DEFAULT_TOKENIZER) -> BertTokenizer:
     """Load a fast tokenizer from a local directory or a hub id (downloads only for a hub id).
 
+    ``bert-base-uncased`` (the default) is built from the vocabulary shipped with the package and
+    needs no network.
     A directory with ``tokenizer.json`` is read by ``tokenizers`` directly (fast start); anything
     else goes through ``transformers.AutoTokenizer``. The tokenizer must add [CLS]/[SEP]
     (BERT-style). The name recorded is the hub id, or the directory's name for a local one (no
@@ -199,6 +228,8 @@ def load_bert_tokenizer(name_or_dir: str | Path = DEFAULT_TOKENIZER) -> BertToke
     is_dir = local.is_dir()
     if is_dir and (local / "tokenizer.json").is_file():
         backend, cls_id, sep_id = _from_tokenizer_json(local)
+    elif not is_dir and text == DEFAULT_TOKENIZER:
+        backend, cls_id, sep_id = _shipped_bert_base_uncased()
     else:
         backend, cls_id, sep_id = _from_transformers(text, local, is_dir)
     backend.no_truncation()

@@ -18,6 +18,11 @@ from itmflow.errors import InputFileError, TokenizerError
 from itmflow.files import atomic_write_json, sha256_bytes
 from pipeline.text.words import scan_tokenize
 
+#: SGRAF's published word vocabularies, shipped inside the package (``pipeline/text/data``):
+#: a name here is accepted wherever a vocabulary JSON path is.
+SHIPPED_VOCABS = {name: Path(__file__).resolve().parent / "data" / f"{name}_vocab.json"
+                  for name in ("coco_precomp", "f30k_precomp")}
+
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
 PAD, START, END, UNK = 0, 1, 2, 3
 
@@ -43,10 +48,16 @@ class WordVocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "WordVocab":
-        """Read a vocabulary JSON in SCAN/SGRAF's format; every inconsistency names the file."""
+        """Read a vocabulary JSON in SCAN/SGRAF's format; every inconsistency names the file.
+
+        ``path`` may also name a shipped vocabulary (``coco_precomp``, ``f30k_precomp``).
+        """
         source = Path(path)
+        if not source.is_file() and str(path) in SHIPPED_VOCABS:
+            source = SHIPPED_VOCABS[str(path)]
         if not source.is_file():
-            raise InputFileError(f"vocabulary file {source} does not exist")
+            raise InputFileError(f"vocabulary file {source} does not exist (or name a shipped one: "
+                                 f"{', '.join(SHIPPED_VOCABS)})")
         data = source.read_bytes()
         try:
             doc = json.loads(data.decode("utf-8"))

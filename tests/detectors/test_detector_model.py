@@ -161,3 +161,18 @@ def test_cli_detect_errors(photo_dir, tmp_path):
                                       "--max-size", "240", "--proposals", "12"])
     assert result.exception is not None and "broken.jpg" in str(result.exception)
     assert "RANDOM WEIGHTS" in result.output
+
+
+def test_shipped_vg_vocab_is_the_default():
+    """The 1600/400 label lists ship inside the package; with no --vocab, names are shown."""
+    from pathlib import Path
+
+    import detectors
+    from detectors.base import SHIPPED_VOCAB_DIR
+
+    vocab = VGVocab.shipped()
+    assert len(vocab.objects) == 1600 and len(vocab.attributes) == 400
+    assert vocab.objects[:2] == ("yolk", "goal") and vocab.attributes[0] == "gray"
+    assert SHIPPED_VOCAB_DIR.is_relative_to(Path(detectors.__file__).parent)
+    det = build_detector(None, random_init=True, regions="36")
+    assert det.vocab == vocab and det.label(0, 0) == "gray yolk"

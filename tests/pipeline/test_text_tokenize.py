@@ -95,3 +95,28 @@ def test_tokenize_refuses_nothing_to_do_and_bad_inputs(tmp_path, collection, sgr
                        str(tmp_path)])
     assert result.exit_code == 1 and "cannot load tokenizer" in str(result.exception)
     assert not (tmp_path / "s").exists()
+
+
+def test_tokenize_with_no_flags_is_offline_bert_base_uncased(tmp_path, collection, minilm_dir, monkeypatch):
+    """The default tokenizer comes from the package's vocabulary: no hub, exactly the bert ids."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    store = tmp_path / "captions"
+    result = CliRunner().invoke(app, ["tokenize", str(collection), "--out", str(store),
+                                      "--vocab", "coco_precomp"])
+    assert result.exit_code == 0, result.output
+    table, manifest = read_caption_store(store)
+    reference = load_bert_tokenizer(minilm_dir)  # the same bert-base-uncased vocabulary and rules
+    for row in table.to_pylist():
+        assert row["bert_ids"] == reference.backend.encode(row["raw"]).ids
+    assert manifest["tokenizer"]["name"] == "bert-base-uncased"
+    assert manifest["tokenizer"]["vocab_sha256"] == reference.vocab_sha256
+    assert manifest["vocab"]["size"] == 11353
+
+
+def test_shipped_bert_vocabulary_matches_on_hard_text(minilm_dir):
+    ours = load_bert_tokenizer("bert-base-uncased")
+    reference = load_bert_tokenizer(minilm_dir)
+    texts = ["Café au lait, naïve résumé — 東京 tower!! x\u00ad y", "  tabs\tand\nnewlines [MASK] [UNK]",
+             "supercalifragilisticexpialidocious" * 4, "emoji 😀 ok", "ÀÉÎ Ünïcödé", "a\x00b\x07c"]
+    assert [ours.backend.encode(t).ids for t in texts] == [reference.backend.encode(t).ids for t in texts]
+    assert (ours.name, ours.cls_id, ours.sep_id, ours.vocab_size) == ("bert-base-uncased", 101, 102, 30522)
