@@ -39,6 +39,15 @@ class StoreCorruptError(StoreError):
     """A committed part of a store does not match its manifest (hash, rows, schema)."""
 
 
+class StoreLockedError(StoreError):
+    """Another process is writing the store (it holds ``<store>/writer.lock``)."""
+
+
+class DiskFullError(StoreError):
+    """A write failed because the disk, the quota or the file-size limit is exhausted (ENOSPC, EDQUOT,
+    EFBIG); what was committed before stays committed."""
+
+
 class SchemaVersionError(StoreError):
     """A store was written with a schema version this release cannot read."""
 

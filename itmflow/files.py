@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -49,17 +50,46 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a half temp file behind
+        raise
     fsync_dir(target.parent)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented, key-sorted JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+#: errno values that mean "no room to write": disk full, quota exceeded, file-size limit reached.
+DISK_FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DISK_FULL_TEXTS = tuple(os.strerror(e) for e in sorted(DISK_FULL_ERRNOS))
+
+
+def disk_full_reason(exc: BaseException) -> str | None:
+    """The strerror text (``"No space left on device"``) when ``exc`` or an exception it was raised
+    from failed for lack of room (ENOSPC, EDQUOT, EFBIG); None otherwise.
+
+    Libraries do not always set ``errno`` (libhdf5 errors reach Python as text), so the message is
+    searched for the system's wording too.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return os.strerror(exc.errno)
+        text = str(exc)
+        for phrase in _DISK_FULL_TEXTS:
+            if phrase in text:
+                return phrase
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 def check_relative(rel: str, *, what: str = "path") -> str:

@@ -6,6 +6,9 @@ evaluation captions): ``caption_id``, ``image_id``, ``split``, ``raw`` (string);
 (list<string>, null without a word vocab); ``word_ids`` (list<int32>). The manifest
 (``format: itmflow.captions``, ``schema_version: 1``) carries the caller's ``meta`` (tokenizer name,
 vocab path and sha256, ...), the counts, the sha256 of the Parquet file and provenance.
+
+Writing holds ``<dir>/writer.lock`` (stores/lock.py: one writer per store; a second fails at once),
+removes temporary files a crashed writer left, and turns a full disk into :class:`DiskFullError`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from itmflow.errors import SchemaVersionError, StoreCorruptError, StoreError
-from itmflow.files import atomic_write_json
+from itmflow.errors import DiskFullError, SchemaVersionError, StoreCorruptError, StoreError
+from itmflow.files import atomic_write_json, disk_full_reason, fsync_dir
 from itmflow.provenance import provenance
+from stores.lock import StoreLock
 from stores.manifest import read_manifest_json
 from stores.writer import write_part_file
 
@@ -82,8 +86,34 @@ def write_caption_store(path: str | os.PathLike[str], table_or_rows: pa.Table | 
                         meta: Mapping[str, Any]) -> Path:
     """Write the caption store directory ``path`` (table first, then the manifest, both atomically)."""
     directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
     table = _to_table(table_or_rows)
+    directory.mkdir(parents=True, exist_ok=True)
+    with StoreLock(directory):
+        try:
+            _remove_temp_files(directory)
+            _write_locked(directory, table, meta)
+        except OSError as exc:
+            reason = disk_full_reason(exc)
+            if reason is None:
+                raise
+            raise DiskFullError(f"{directory}: the disk is full ({reason}) while writing the caption store; "
+                                "it is incomplete until rewritten. Free space and rerun the same command (it "
+                                "writes the whole store again)") from exc
+    return directory
+
+
+def _remove_temp_files(directory: Path) -> None:
+    """Temporary files of a writer that crashed (``.captions.parquet.tmp-<pid>``, ``.manifest.json.tmp-*``)."""
+    removed = False
+    for entry in os.listdir(directory):
+        if entry.startswith((f".{TABLE_NAME}.tmp", f".{MANIFEST_NAME}.tmp")):
+            (directory / entry).unlink(missing_ok=True)
+            removed = True
+    if removed:
+        fsync_dir(directory)
+
+
+def _write_locked(directory: Path, table: pa.Table, meta: Mapping[str, Any]) -> None:
     sha, size = write_part_file(directory, TABLE_NAME, lambda tmp: pq.write_table(
         table, tmp, compression="zstd", row_group_size=65536))
     splits: dict[str, int] = {}
@@ -99,7 +129,6 @@ def write_caption_store(path: str | os.PathLike[str], table_or_rows: pa.Table | 
         "file": TABLE_NAME, "sha256": sha, "bytes": size, "provenance": provenance(),
     }
     atomic_write_json(directory / MANIFEST_NAME, manifest)
-    return directory
 
 
 def read_caption_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ FORMAT = "itmflow.regions"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.jsonl"
+#: Held (flock) by the one process writing the store; see stores/lock.py. Not part of the data.
+LOCK_NAME = "writer.lock"
 PART_PREFIX = "part-"
 #: storage name -> part file suffix
 STORAGES: dict[str, str] = {"parquet": ".parquet", "hdf5": ".h5"}
@@ -60,8 +62,9 @@ def is_part_name(name: str) -> bool:
 
 
 def is_temp_name(name: str) -> bool:
-    """True for the temporary names a writer uses before a rename (always debris when found)."""
-    return name.startswith(".part-") and ".tmp" in name
+    """True for the temporary names a writer uses before a rename (always debris when found): part
+    files (``.part-00003.parquet.tmp-<pid>``) and the manifest (``.manifest.json.tmp-<pid>``)."""
+    return (name.startswith(".part-") or name.startswith(f".{MANIFEST_NAME}.")) and ".tmp" in name
 
 
 @dataclass(frozen=True)

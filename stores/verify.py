@@ -13,8 +13,10 @@ import numpy as np
 from itmflow.errors import ItmflowError
 from itmflow.files import sha256_file
 from stores import hdf5_part, parquet_part
+from stores.lock import pid_alive, read_lock, this_host
 from stores.manifest import load_manifest
-from stores.schema import FAILURES_NAME, MANIFEST_NAME, StoreSettings, is_part_name, is_temp_name
+from stores.schema import (FAILURES_NAME, LOCK_NAME, MANIFEST_NAME, StoreSettings, is_part_name,
+                           is_temp_name)
 
 
 @dataclass
@@ -55,6 +57,14 @@ def verify_store(path: str | os.PathLike[str], *, check_hashes: bool = True,
     except ItmflowError as exc:
         report.problems.append((MANIFEST_NAME, str(exc)))
         return report
+    holder = read_lock(root)  # read only: verify never takes the lock
+    if holder is not None:
+        if holder.host == this_host() and not pid_alive(holder.pid):
+            report.warnings.append((LOCK_NAME, f"left by {holder.describe()}, which is no longer running; the "
+                                               "next writer takes it over"))
+        else:
+            report.warnings.append((LOCK_NAME, f"a writer holds the store ({holder.describe()}): this report "
+                                               "covers what was committed when it was read"))
     named = {p["file"] for p in manifest["parts"]}
     for entry in sorted(os.listdir(root)):
         if (is_part_name(entry) and entry not in named) or is_temp_name(entry):

@@ -5,23 +5,32 @@ Commit protocol (design.md, store contract v1): the pending rows are written to
 ``part-NNNNN.<ext>``, the directory is fsynced, and only then is ``manifest.json`` rewritten
 atomically. A crash at any point leaves either the old manifest (the new part is debris, removed on
 resume) or the new one; committed parts are never touched again.
+
+One writer per store: the writer holds ``<store>/writer.lock`` (stores/lock.py) from opening to
+:meth:`RegionStoreWriter.close`; a second writer fails at once. A full disk (ENOSPC, EDQUOT, EFBIG)
+during a commit raises :class:`DiskFullError` naming the store and the committed count; the failed
+part's temp file is removed at once (after a crash: by the next open), and rerunning the same
+command resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from itmflow.errors import StoreCorruptError, StoreError
-from itmflow.files import fsync_dir, sha256_file
+from itmflow.errors import DiskFullError, StoreCorruptError, StoreError
+from itmflow.files import disk_full_reason, fsync_dir, sha256_file
 from stores import hdf5_part, parquet_part
 from stores.block import Block
+from stores.lock import StoreLock
 from stores.manifest import load_manifest, manifest_path, new_manifest, save_manifest, settings_mismatch
-from stores.schema import (FAILURES_NAME, StoreSettings, is_part_name, is_temp_name, part_name,
-                           validate_row)
+from stores.schema import (FAILURES_NAME, MANIFEST_NAME, StoreSettings, is_part_name, is_temp_name,
+                           part_name, validate_row)
 
 DEFAULT_ROWS_PER_PART = 512
 
@@ -112,7 +121,20 @@ class RegionStoreWriter:
         self._finishing: threading.Thread | None = None
         self._finishing_ids: dict[str, str] = {}  # ids of the part being finished -> its file
         self._finish_error: BaseException | None = None
+        self._finish_file = ""
         self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = StoreLock(self.path).acquire()  # before anything in the directory is read or removed
+        try:
+            self._open(extra)
+        except BaseException as exc:
+            self.lock.release()
+            full = self._disk_full(exc, MANIFEST_NAME)
+            if full is None:
+                raise
+            raise full from exc
+
+    def _open(self, extra: Mapping[str, Any] | None) -> None:
+        self._committed: dict[str, str] = {}
         if manifest_path(self.path).exists():
             self.manifest = load_manifest(self.path)
             recorded = StoreSettings.from_manifest(self.manifest)
@@ -130,12 +152,13 @@ class RegionStoreWriter:
                                  "nothing was deleted. Restore the manifest or write to another directory")
             self.manifest = new_manifest(self.settings, _jsonable(dict(extra or {})))
         self.removed_debris = self._remove_debris()
-        self._committed: dict[str, str] = self._read_committed_ids()
+        self._committed = self._read_committed_ids()
         self._next_index = 1 + max((_part_index(p["file"]) for p in self.manifest["parts"]), default=-1)
         save_manifest(self.path, self.manifest)
 
     # -- resume -------------------------------------------------------------------------------------
     def _remove_debris(self) -> list[str]:
+        """Remove part files the manifest does not name and temporary files (parts, manifest)."""
         named = {p["file"] for p in self.manifest["parts"]}
         removed = []
         for entry in sorted(os.listdir(self.path)):
@@ -197,11 +220,18 @@ class RegionStoreWriter:
         block = Block.from_rows(self._pending, self.settings.feature_dim, self.settings.dtype,
                                 self.settings.present_region_fields(), stack_features=False)
         name = part_name(self._next_index, self.settings.storage)
-        if self.settings.storage == "parquet":
-            tmp = produce_part_file(self.path, name, lambda t: parquet_part.write_part(
-                block, self.settings, t, self.row_group_rows))
-        else:
-            tmp = produce_part_file(self.path, name, lambda t: hdf5_part.write_part(block, self.settings, t))
+        try:
+            if self.settings.storage == "parquet":
+                tmp = produce_part_file(self.path, name, lambda t: parquet_part.write_part(
+                    block, self.settings, t, self.row_group_rows))
+            else:
+                self._check_room(_block_bytes(block), name)
+                tmp = produce_part_file(self.path, name, lambda t: hdf5_part.write_part(block, self.settings, t))
+        except BaseException as exc:
+            full = self._disk_full(exc, name)
+            if full is None:
+                raise
+            raise full from exc
         try:
             self.wait()  # the previous part first: parts and manifest entries stay in order
         except BaseException:
@@ -212,6 +242,7 @@ class RegionStoreWriter:
         self._finishing_ids = {image_id: name for image_id in block.image_id}
         self._pending.clear()
         self._pending_ids.clear()
+        self._finish_file = name
         self._finishing = threading.Thread(target=self._finish, args=(tmp, entry, self._finishing_ids),
                                            name="store-commit")
         self._finishing.start()
@@ -221,8 +252,12 @@ class RegionStoreWriter:
         """Background half of a commit: fsync + sha256, rename, then the manifest rewrite."""
         try:
             sha, size = finish_part_file(self.path, tmp, entry["file"])
-            self.manifest["parts"].append({**entry, "sha256": sha, "bytes": size})
-            save_manifest(self.path, self.manifest)
+            # The in-memory manifest changes only once the file does: a failed rewrite (disk full)
+            # leaves the renamed part as debris for the next open, never as a committed entry.
+            manifest = {**self.manifest, "parts": [*self.manifest["parts"], {**entry, "sha256": sha,
+                                                                             "bytes": size}]}
+            save_manifest(self.path, manifest)
+            self.manifest = manifest
             self._committed.update(ids)
         except BaseException as exc:  # raised in the writer's thread by wait()
             self._finish_error = exc
@@ -236,18 +271,66 @@ class RegionStoreWriter:
             self._finishing_ids = {}
         error, self._finish_error = self._finish_error, None
         if error is not None:
-            raise error
+            full = self._disk_full(error, self._finish_file)
+            if full is None:
+                raise error
+            raise full from error
+
+    # -- disk full ----------------------------------------------------------------------------------
+    def _disk_full(self, exc: BaseException, file: str) -> DiskFullError | None:
+        """The :class:`DiskFullError` for ``exc`` when it is ENOSPC / EDQUOT / EFBIG (None otherwise).
+
+        It waits for the part being finished (without taking its error) so the count is right.
+        The writer's state is that of any failed commit: its rows stay pending, and a later commit
+        (``close()`` too) tries again.
+        """
+        if isinstance(exc, DiskFullError):
+            return exc
+        reason = disk_full_reason(exc)
+        if reason is None:
+            return None
+        if self._finishing is not None and self._finishing is not threading.current_thread():
+            self._finishing.join()
+        return DiskFullError(
+            f"{self.path}: the disk is full ({reason}) while writing {file}; {len(self._committed)} "
+            "image(s) are committed and kept. Free space (or raise the quota / file-size limit) and rerun "
+            "the same command: it resumes after the committed images")
+
+    def _check_room(self, nbytes: int, file: str) -> None:
+        """Refuse a part of about ``nbytes`` that cannot fit (free space, RLIMIT_FSIZE) before writing
+        it: libhdf5 cannot fail cleanly mid-file (h5py crashes closing a file whose write failed)."""
+        need = nbytes + nbytes // 20 + (64 << 10)
+        stat = os.statvfs(self.path)
+        if stat.f_bavail * stat.f_frsize < need:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {file} needs about {need} bytes, "
+                          f"{stat.f_bavail * stat.f_frsize} are free")
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and limit < need:
+            raise OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)}: {file} needs about {need} bytes, the "
+                          f"file-size limit is {limit}")
 
     def record_failure(self, image_id: str, file: str, reason: str) -> None:
         """Append one failure to ``failures.jsonl`` (flushed and fsynced: it is a record, not a log)."""
         line = json.dumps({"image_id": image_id, "file": file, "reason": reason}, sort_keys=True)
-        with open(self.path / FAILURES_NAME, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path / FAILURES_NAME, "ab") as handle:
+                start = handle.seek(0, os.SEEK_END)
+                try:
+                    handle.write((line + "\n").encode("utf-8"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except BaseException:
+                    handle.truncate(start)  # no half line for the next run to trip over
+                    raise
+        except OSError as exc:
+            full = self._disk_full(exc, FAILURES_NAME)
+            if full is None:
+                raise
+            raise full from exc
 
     def close(self) -> None:
-        """Commit what is pending and wait until every part is durable; further adds raise."""
+        """Commit what is pending and wait until every part is durable; further adds raise; release
+        the store's lock (also when committing fails)."""
         if not self._closed:
             try:
                 self.commit()
@@ -256,6 +339,7 @@ class RegionStoreWriter:
                     self.wait()
                 finally:
                     self._closed = True
+                    self.lock.release()
 
     def __enter__(self) -> "RegionStoreWriter":
         return self
@@ -264,6 +348,15 @@ class RegionStoreWriter:
         # Rows already added were validated one by one, so they are committed even when the block
         # raised: nothing handed to the writer is lost.
         self.close()
+
+
+def _block_bytes(block: Block) -> int:
+    """Bytes of a block's arrays and strings (what a part file of it holds, uncompressed)."""
+    rows = block.feature_rows if block.feature_rows is not None else [block.features]
+    total = sum(int(r.nbytes) for r in rows if r is not None)
+    total += sum(int(a.nbytes) for a in block.regions.values() if a is not None)
+    total += sum(len(s) + len(f) for s, f in zip(block.image_id, block.file)) + 64 * len(block)
+    return total
 
 
 def _part_index(name: str) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import stores.writer as writer_mod
-from itmflow.errors import StoreError
+from itmflow.errors import DiskFullError, StoreError
 from store_fixtures import DETECTOR, FIXED, assert_row_equal, make_rows, write_store
 from stores import RegionStoreWriter, open_region_store
 
@@ -81,7 +81,7 @@ def test_background_commit_error_surfaces_and_rows_stay_pending(tmp_path, monkey
     writer.add(rows[2])
     with pytest.raises(StoreError, match="duplicate image_id 'img0002'"):
         writer.add(rows[2])
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match="No space left"):
         writer.add(rows[3])  # the next commit reports the failure; rows 2 and 3 stay pending
     assert writer.committed_ids() == set()
     writer.wait()
