@@ -1,16 +1,17 @@
-# itmflow: `make test` and `make demo` do all the set-up on a fresh machine.
+# itmflow: `make test` and `make demo` do all the set-up on a fresh machine; `make docs` builds the
+# user guide (docs/, mkdocs + material) into site/ with broken links and anchors as errors.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 WEIGHTS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo venv bench docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,5 +25,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
+# The CLI reference and the benchmark tables are generated on every build by docs/hooks.py
+# (docs/gen_cli.py walks the typer app, docs/gen_benchmarks.py reads benchmarks/results/*.json).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --clean --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --strict
+
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) demo-output site
