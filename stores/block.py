@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from stores.integrity import check_row, row_checksums
 from stores.schema import REGION_FIELDS, SCALAR_FIELDS
 
 
@@ -107,6 +108,13 @@ class Block:
         for i in range(len(self)):
             yield self.row(i)
 
+    def feature_checksums(self) -> np.ndarray:
+        """:func:`stores.integrity.feature_checksum` of every row's features (what a part stores)."""
+        if self.features is None:
+            return row_checksums(self.feature_rows[i] for i in range(len(self)))  # type: ignore[index]
+        offsets = self._scalars()[0]
+        return row_checksums(self.features[offsets[i]:offsets[i + 1]] for i in range(len(self)))
+
     def fixed_k(self) -> int | None:
         """K when every row of the block has the same count (None for an empty or mixed block)."""
         if len(self) == 0:
@@ -142,3 +150,22 @@ class LazyRows:
             batch.reverse()
             while batch:
                 yield batch.pop()
+
+
+class CheckedRows:
+    """Per-row feature arrays already in memory (decoded by pyarrow), each checked against its
+    checksum the first time it is taken: a damaged row fails alone, not the rows decoded with it."""
+
+    def __init__(self, rows: Sequence[np.ndarray], checksums: Sequence[int], part: Any, first_row: int) -> None:
+        self._rows, self._sums, self._part, self._first = rows, checksums, part, first_row
+        self._ok = [False] * len(rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = self._rows[i]
+        if not self._ok[i]:
+            check_row(self._part, self._first + i, row, self._sums[i])
+            self._ok[i] = True
+        return row
