@@ -85,13 +85,27 @@ class RawRows:
     def read(self, start: int, stop: int) -> list[np.ndarray]:
         """Rows ``start:stop``, each its own array, with one ``preadv`` per run of rows that lie back
         to back in the file (rows of one Parquet row group; HDF5 chunks in write order)."""
+        rows, error = self.read_checked(start, stop)
+        if error is not None:
+            raise error
+        return rows
+
+    def read_checked(self, start: int, stop: int) -> tuple[list[np.ndarray], StoreCorruptError | None]:
+        """Like :meth:`read`, but a row that fails its checksum ends the list: the rows before it,
+        and the error to raise once they are used (None when every row passed)."""
         bufs = [np.empty(self.nbytes, dtype=np.uint8) for _ in range(stop - start)]
         for i, j in contiguous_runs(self.offsets, self.nbytes, start, stop):
             self._pread(bufs[i - start:j - start], self.offsets[i], f"rows {i}-{j - 1}")
+        error = None
         if self.checksums is not None:
             for i, buf in enumerate(bufs, start):
-                self._check(buf, i)
-        return [b.view(self.dtype).reshape(self.shape) for b in bufs]
+                try:
+                    self._check(buf, i)
+                except StoreCorruptError as exc:
+                    error = exc
+                    del bufs[i - start:]
+                    break
+        return [b.view(self.dtype).reshape(self.shape) for b in bufs], error
 
     def read_span(self, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` at byte ``offset`` of the same file (a contiguous dataset)."""

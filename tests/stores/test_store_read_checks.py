@@ -167,3 +167,27 @@ def test_parts_without_checksums_still_read(tmp_path, storage):
         assert_row_equal(got, want, "float16")
     assert_row_equal(reader.get("img0004"), rows[4], "float16")
     assert RegionDataset(store)[1]["image_id"] == "img0001"
+
+
+@pytest.mark.parametrize("storage", ["parquet", "hdf5"])
+def test_damage_far_into_a_part_raises_at_its_row(tmp_path, storage):
+    """Iteration reads features ahead in a helper thread; the rows before the damaged one are still
+    handed out, the error comes at the damaged row, and stopping early leaves no thread behind."""
+    import threading
+
+    rows = make_rows(90, seed=26, dim=64)
+    store = write_store(tmp_path / "s", rows, storage=storage, rows_per_part=90)
+    seen = [r["image_id"] for r in open_region_store(store)]
+    assert seen == [r["image_id"] for r in rows]
+    it = iter(open_region_store(store))
+    assert next(it)["image_id"] == "img0000"
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("store-features")]
+
+    _flip(store / f"part-00000.{EXT[storage]}", rows[77]["features"].astype(np.float16).tobytes()[:512], 300)
+    got = []
+    with pytest.raises(StoreCorruptError, match="row 77: features fail their checksum") as exc:
+        for row in open_region_store(store):
+            got.append(row["image_id"])
+    assert got == [r["image_id"] for r in rows[:77]]
+    _assert_names_store_and_part(exc, store, f"part-00000.{EXT[storage]}")
