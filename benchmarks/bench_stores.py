@@ -10,6 +10,11 @@ measures, in one run:
   (the store through ``iter(open_region_store(...))``, the baseline by copying ``m[i]``);
 * random access: ``reader.get(image_id)`` for 1,000 random ids (p50 / p99 ms), baseline ``m[i]``.
 
+Reads run with the stores' checks on (every row's feature checksum, the small columns' page /
+dataset CRCs), as users read. To show what checking costs, two more passes per store read again,
+with the feature checksums on and off (switched on the part readers, for the benchmark only), in
+alternating order per round: the first pass after writing is slower on this box either way.
+
 MB/s counts feature bytes only (147,456 B per image). Wall-clock MB/s is reported with MB per
 CPU-second (all threads of the process): on a shared 2-core box the wall clock mostly measures the
 neighbours, while CPU time measures the code. Reads run after the writes, so all three
@@ -91,7 +96,7 @@ def bench_baseline(root: Path, rows: list[dict], ids_sample: list[int]) -> dict:
             "lat": np.array(lat)}
 
 
-def bench_store(root: Path, storage: str, rows: list[dict], ids_sample: list[int]) -> dict:
+def bench_store(root: Path, storage: str, rows: list[dict], ids_sample: list[int], round_no: int = 0) -> dict:
     path = root / storage
     c0, t0 = time.process_time(), time.perf_counter()
     with RegionStoreWriter(path, storage=storage, feature_dim=D, feature_dtype="float16",
@@ -110,6 +115,19 @@ def bench_store(root: Path, storage: str, rows: list[dict], ids_sample: list[int
     read_s, read_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert total == len(rows) * K
     reader.close()
+    again = {}
+    for checked in ((True, False) if round_no % 2 == 0 else (False, True)):
+        reader = open_region_store(path)
+        for p in range(reader.num_parts):
+            raw = reader._part(p)._raw
+            assert raw is not None and raw.checksums is not None, "fixed-K parts are read with checks"
+            if not checked:
+                raw.checksums = None
+        c0, t0 = time.process_time(), time.perf_counter()
+        for r in reader:
+            pass
+        again[checked] = (time.perf_counter() - t0, time.process_time() - c0)
+        reader.close()
     reader = open_region_store(path)
     ids = [rows[i]["image_id"] for i in ids_sample]
     lat = []
@@ -122,14 +140,18 @@ def bench_store(root: Path, storage: str, rows: list[dict], ids_sample: list[int
     size = sum(p.stat().st_size for p in path.iterdir())
     reader.close()
     return {"write_s": write_s, "read_s": read_s, "write_cpu": write_cpu, "read_cpu": read_cpu,
+            "again_s": again[True][0], "again_cpu": again[True][1],
+            "unchecked_s": again[False][0], "unchecked_cpu": again[False][1],
             "lat": np.array(lat), "open_s": open_s, "bytes": size}
 
 
 def best(rounds: list[dict]) -> dict:
     """Fastest write and read over the rounds; latencies from the round with the lowest p50."""
     out = dict(min(rounds, key=lambda r: float(np.percentile(r["lat"], 50))))
-    for key in ("write_s", "read_s", "write_cpu", "read_cpu"):
-        out[key] = min(r[key] for r in rounds)
+    for key in ("write_s", "read_s", "write_cpu", "read_cpu", "again_s", "again_cpu", "unchecked_s",
+                "unchecked_cpu"):
+        if key in out:
+            out[key] = min(r[key] for r in rounds)
     return out
 
 
@@ -141,6 +163,7 @@ def main() -> None:
                         "(the box is shared, so single runs are noisy)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: system temp)")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()
     rows = synthetic_rows(args.images)
     rng = np.random.default_rng(1)
     sample = [int(i) for i in rng.integers(0, args.images, args.lookups)]
@@ -155,7 +178,7 @@ def main() -> None:
                 scratch = root / f"r{len(runs[name])}"
                 scratch.mkdir(exist_ok=True)
                 runs[name].append(bench_baseline(scratch, rows, sample) if name == "baseline"
-                                  else bench_store(scratch, name, rows, sample))
+                                  else bench_store(scratch, name, rows, sample, len(runs[name])))
                 shutil.rmtree(scratch / name, ignore_errors=True)
                 (scratch / "baseline.npy").unlink(missing_ok=True)
     finally:
@@ -177,12 +200,23 @@ def main() -> None:
                 baseline="memmap write per CPU second", baseline_value=base_wc),
             row(f"{storage} read per CPU second", mb / res["read_cpu"], "MB/cpu-s",
                 baseline="memmap read per CPU second", baseline_value=base_rc),
+            row(f"{storage} sequential read again, feature checksums on", mb / res["again_s"], "MB/s",
+                baseline="memmap sequential read", baseline_value=base_r),
+            row(f"{storage} sequential read again, feature checksums off", mb / res["unchecked_s"], "MB/s",
+                baseline="memmap sequential read", baseline_value=base_r),
+            row(f"{storage} read again per CPU second, feature checksums on", mb / res["again_cpu"], "MB/cpu-s",
+                baseline="memmap read per CPU second", baseline_value=base_rc),
+            row(f"{storage} read again per CPU second, feature checksums off", mb / res["unchecked_cpu"],
+                "MB/cpu-s", baseline="memmap read per CPU second", baseline_value=base_rc),
             row(f"{storage} random get p50", float(np.percentile(res["lat"], 50) * 1e3), "ms", target="< 1"),
             row(f"{storage} random get p99", float(np.percentile(res["lat"], 99) * 1e3), "ms"),
             row(f"{storage} open (index of {args.images} ids)", res["open_s"] * 1e3, "ms"),
             row(f"{storage} size on disk / raw feature bytes", res["bytes"] / (mb * 1e6), "ratio"),
         ]
-    config = {"images": args.images, "rounds": args.rounds, "load_average_at_end": os.getloadavg(), "regions": K, "feature_dim": D, "feature_dtype": "float16",
+    config = {"images": args.images, "rounds": args.rounds, "load_average_at_start": load_at_start,
+              "load_average_at_end": os.getloadavg(), "cores": os.cpu_count(),
+              "read_checks": "on: per-row feature checksums, Parquet page CRCs, HDF5 dataset CRC32s",
+              "regions": K, "feature_dim": D, "feature_dtype": "float16",
               "feature_mb": mb, "rows_per_part": 1000, "parquet_row_group_rows": 32, "lookups": args.lookups,
               "reads": "page cache (after writes)", "write": "ends with fsync of every file"}
     write_result("stores", config, out)

@@ -13,7 +13,9 @@
   image_id, image_h, image_w, num_boxes and, when the store has labels, objects_id / objects_conf /
   attrs_id / attrs_conf).
 
-Every output file is written under a temporary name and renamed when complete.
+Every output file is written under a temporary name and renamed when complete; a read that fails
+(a part that fails its checksums raises ``StoreCorruptError`` naming store and part) removes the
+file being written, and files already complete stay.
 """
 
 from __future__ import annotations
@@ -127,8 +129,11 @@ def _export_scan(reader: RegionStoreReader, ids: list[str], wanted: set[str] | N
             if progress is not None:
                 progress(1)
         array.flush()
-    finally:
+    except BaseException:
         del array
+        tmp.unlink(missing_ok=True)
+        raise
+    del array
     os.replace(tmp, ims)
     _write_text(out_dir / f"{split}_ids.txt", ids)
     files = 2
@@ -174,16 +179,22 @@ def _export_tsv(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Pat
     _need_boxes(reader, "butd-tsv")
     path = out_dir / f"{split}.tsv"
     tmp = _tmp(path)
-    with open(tmp, "w", encoding="ascii", newline="\n") as handle:
-        for row in _rows(reader, wanted):
-            image_id = row["image_id"]
-            if any(c in image_id for c in "\t\r\n"):
-                raise StoreError(f"image_id {image_id!r} contains a tab or newline and cannot be written to a TSV")
-            boxes = base64.b64encode(np.ascontiguousarray(row["boxes"], dtype=np.float32).tobytes()).decode()
-            feats = base64.b64encode(np.ascontiguousarray(row["features"], dtype=np.float32).tobytes()).decode()
-            handle.write(f"{image_id}\t{row['width']}\t{row['height']}\t{row['num_regions']}\t{boxes}\t{feats}\n")
-            if progress is not None:
-                progress(1)
+    try:
+        with open(tmp, "w", encoding="ascii", newline="\n") as handle:
+            for row in _rows(reader, wanted):
+                image_id = row["image_id"]
+                if any(c in image_id for c in "\t\r\n"):
+                    raise StoreError(f"image_id {image_id!r} contains a tab or newline and cannot be written to "
+                                     "a TSV")
+                boxes = base64.b64encode(np.ascontiguousarray(row["boxes"], dtype=np.float32).tobytes()).decode()
+                feats = base64.b64encode(np.ascontiguousarray(row["features"], dtype=np.float32).tobytes()).decode()
+                handle.write(f"{image_id}\t{row['width']}\t{row['height']}\t{row['num_regions']}\t{boxes}\t"
+                             f"{feats}\n")
+                if progress is not None:
+                    progress(1)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return 1
 

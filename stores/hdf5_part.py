@@ -9,6 +9,10 @@ Layout of ``part-NNNNN.h5`` (root group; ``R`` = total regions of the part):
   36-region chunks. ``boxes`` ``[R,4]``, ``geometry`` ``[R,5]``, ``object_ids``/``attr_ids`` int16 ``[R]``,
   ``object_conf``/``attr_conf`` float32 ``[R]`` (contiguous: they are small).
 * No compression: float features compress by 0-25% and any filter costs read time (spec §3.2).
+* Checks on read (:mod:`stores.integrity`): ``feature_checksum`` uint64 ``[n]``, one per image, checked
+  after every read of a row's features; every other dataset carries the CRC32 of its values as the
+  attribute ``itmflow.crc32``, checked when the reader loads it (whole, once per part and process).
+  Parts without them (older ones) are read unchecked.
 
 The part is written under a temporary name, closed, fsynced, hashed and only then renamed, so no
 half-written HDF5 file can ever be named a part.
@@ -25,6 +29,7 @@ import numpy as np
 
 from itmflow.errors import StoreCorruptError, StoreError
 from stores.block import Block, LazyRows
+from stores.integrity import CHECKSUM_FIELD, CRC_ATTR, check_dataset, check_row, corrupt, dataset_crc
 from stores.rawrows import RawRows, contiguous_runs
 from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
@@ -47,20 +52,25 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
     k = settings.fixed_k
     raw_rows = k is not None and n_regions > 0 and block.feature_rows is not None
     chunk_offsets = None
+
+    def small(fid: h5py.File, name: str, data: Any, **kw: Any) -> None:
+        fid.create_dataset(name, data=data, **kw).attrs[CRC_ATTR] = np.uint32(dataset_crc(data))
+
     with h5py.File(path, "w", track_order=False) as fid:
         fid.attrs["format"] = FORMAT
         fid.attrs["schema_version"] = SCHEMA_VERSION
         fid.attrs["feature_dim"] = dim
         fid.attrs["feature_dtype"] = settings.feature_dtype
         str_type = h5py.string_dtype("utf-8")
-        fid.create_dataset("image_id", data=np.array(block.image_id, dtype=object), dtype=str_type)
-        fid.create_dataset("file", data=np.array(block.file, dtype=object), dtype=str_type)
+        small(fid, "image_id", np.array(block.image_id, dtype=object), dtype=str_type)
+        small(fid, "file", np.array(block.file, dtype=object), dtype=str_type)
         for name in SCALAR_FIELDS:
-            fid.create_dataset(name, data=getattr(block, name))
-        fid.create_dataset("offsets", data=block.offsets.astype(np.int64))
+            small(fid, name, getattr(block, name))
+        small(fid, "offsets", block.offsets.astype(np.int64))
         for name, arr in block.regions.items():
             if arr is not None:
-                fid.create_dataset(name, data=arr)
+                small(fid, name, arr)
+        small(fid, CHECKSUM_FIELD, block.feature_checksums())
         if raw_rows:
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # every chunk placed now, so offsets are known
@@ -121,7 +131,12 @@ def _write_chunks(path: Path, offsets: np.ndarray, rows: list[np.ndarray]) -> No
 
 
 class HDF5PartReader:
-    """Reads one HDF5 part; the file opens on first use (so a reader can be built, then forked)."""
+    """Reads one HDF5 part; the file opens on first use (so a reader can be built, then forked).
+
+    Every dataset other than the features is read whole once per process and checked against its
+    CRC32 (~1.8 KB per image at K=36, kept; a lookup is then an index plus one ``pread``); each
+    row's features are checked against their checksum whenever they are read.
+    """
 
     def __init__(self, path: str | os.PathLike[str], settings: StoreSettings) -> None:
         self.path = Path(path)
@@ -132,6 +147,17 @@ class HDF5PartReader:
         self._open()
         self.num_rows = len(self._offsets) - 1
 
+    def _load(self, fid: h5py.File, name: str) -> Any:
+        """Dataset ``name`` read whole and checked against its CRC32 attribute (when it has one)."""
+        ds = fid[name]
+        try:
+            values = list(ds.asstr()[()]) if ds.dtype.kind == "O" else ds[()]
+            expected = ds.attrs.get(CRC_ATTR)
+        except (OSError, KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise corrupt(self.path, f"dataset {name!r} cannot be read ({exc})") from exc
+        check_dataset(self.path, name, values, expected)
+        return values
+
     def _open(self) -> h5py.File:
         # A handle inherited through fork shares libhdf5 state with the parent and can return wrong
         # data (pytorch #11929); reopen in every process.
@@ -140,7 +166,7 @@ class HDF5PartReader:
                 # No chunk cache: a fixed-K chunk is exactly one image, read once, so HDF5 can copy it
                 # straight into the result (the default 1 MiB cache adds a copy; measured 1.5-2x).
                 self._fid = h5py.File(self.path, "r", rdcc_nbytes=0)
-                self._offsets = self._fid["offsets"][()]
+                self._fid["offsets"]
             except (OSError, KeyError) as exc:
                 raise StoreCorruptError(f"{self.path}: not a readable region part ({exc}); run "
                                         "`itmflow store verify`") from exc
@@ -150,11 +176,18 @@ class HDF5PartReader:
             if missing:
                 raise StoreCorruptError(f"{self.path}: datasets {missing} are missing; the part does not "
                                         "match the manifest")
-            self._scalars = {n: self._fid[n][()] for n in SCALAR_FIELDS}
+            self._offsets = self._load(self._fid, "offsets")
+            self._scalars = {n: self._load(self._fid, n) for n in SCALAR_FIELDS}
+            # Per-image feature checksums; None for a part written before they existed.
+            self._sums: list[int] | None = (self._load(self._fid, CHECKSUM_FIELD).tolist()
+                                            if CHECKSUM_FIELD in self._fid else None)
+            if self._sums is not None and len(self._sums) != len(self._offsets) - 1:
+                raise corrupt(self.path, f"{len(self._sums)} feature checksums for {len(self._offsets) - 1} rows")
             # Dataset objects looked up once: a name lookup per read costs as much as a small read.
             self._ds = {n: self._fid[n] for n in ("features", *self.settings.present_region_fields())}
             self._map_chunks()
             self._files: list[str] | None = None
+            self._regions: dict[str, np.ndarray | None] | None = None
         return self._fid
 
     def _map_chunks(self) -> None:
@@ -177,19 +210,62 @@ class HDF5PartReader:
             return
         if int(offs.max()) + nbytes > self.path.stat().st_size:
             return
-        self._raw = RawRows(self.path, offs, nbytes, self.settings.dtype, (k, dim))
+        self._raw = RawRows(self.path, offs, nbytes, self.settings.dtype, (k, dim), self._sums)
 
     def _load_names(self) -> None:
         fid = self._open()
         if self._files is None:
             self._ids = self.ids()
-            self._files = list(fid["file"].asstr()[()])
+            self._files = self._load(fid, "file")
 
     def ids(self) -> list[str]:
         """The image ids in row order (read once; the store reader asks when it opens)."""
         if self._id_list is None:
-            self._id_list = list(self._open()["image_id"].asstr()[()])
+            self._id_list = self._load(self._open(), "image_id")
         return list(self._id_list)
+
+    def _region_arrays(self) -> dict[str, np.ndarray | None]:
+        """Every per-region dataset of the part, read whole, checked and kept (read-only)."""
+        self._open()
+        if self._regions is None:
+            regions: dict[str, np.ndarray | None] = {}
+            for name in REGION_FIELDS:
+                if name in self.settings.absent_fields:
+                    regions[name] = None
+                    continue
+                arr = self._read_region(name)
+                check_dataset(self.path, name, arr, self._ds[name].attrs.get(CRC_ATTR))
+                arr.flags.writeable = False  # rows hand out views of it
+                regions[name] = arr
+            self._regions = regions
+        return self._regions
+
+    def _read_region(self, name: str) -> np.ndarray:
+        """A per-region dataset, whole; read straight from the file (one ``pread``, no GIL) when it is
+        an unfiltered contiguous little-endian dataset, as this writer makes them."""
+        ds = self._ds[name]
+        offset = ds.id.get_offset() if self._raw is not None else None
+        dtype = ds.dtype
+        if (offset is None or ds.chunks is not None or dtype.byteorder == ">"
+                or ds.id.get_create_plist().get_nfilters()):
+            try:
+                return ds[()]
+            except OSError as exc:
+                raise corrupt(self.path, f"dataset {name!r} cannot be read ({exc})") from exc
+        count = int(np.prod(ds.shape, dtype=np.int64))
+        return self._raw.read_span(offset, count, dtype).reshape(ds.shape)  # type: ignore[union-attr]
+
+    def _checked_features(self, a: int, b: int, start: int, stop: int) -> np.ndarray:
+        """Regions ``a:b`` (rows ``start:stop``) of the features through h5py, each row checked."""
+        try:
+            feats = self._ds["features"][a:b]
+        except OSError as exc:
+            raise corrupt(self.path, f"features of rows {start}-{stop - 1} cannot be read ({exc})") from exc
+        if self._sums is not None:
+            for i in range(start, stop):
+                check_row(self.path, i, feats[int(self._offsets[i]) - a:int(self._offsets[i + 1]) - a],
+                          self._sums[i])
+        return feats
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` of the part."""
@@ -198,15 +274,14 @@ class HDF5PartReader:
         out: dict[str, Any] = {"image_id": self._ids[i], "file": self._files[i]}
         for name in SCALAR_FIELDS:
             out[name] = int(self._scalars[name][i])
-        ds = self._ds
-        for name in REGION_FIELDS:
-            out[name] = None if name in self.settings.absent_fields else ds[name][a:b]
-        out["features"] = self._raw(i) if self._raw is not None else ds["features"][a:b]
+        for name, arr in self._region_arrays().items():
+            out[name] = None if arr is None else arr[a:b]
+        out["features"] = self._raw(i) if self._raw is not None else self._checked_features(a, b, i, i + 1)
         return out
 
     def read_block(self, start: int, stop: int) -> Block:
         """Rows ``start:stop`` as a block."""
-        fid = self._open()
+        self._open()
         a, b = int(self._offsets[start]), int(self._offsets[stop])
         where = f"{self.path} rows {start}-{stop - 1}"
         feats, feature_rows = None, None
@@ -215,13 +290,11 @@ class HDF5PartReader:
             # usually drops a row before taking the next, so the allocator recycles one buffer.
             feature_rows = LazyRows(self._raw, start, stop)
         else:
-            feats = self._ds["features"][a:b]
+            feats = self._checked_features(a, b, start, stop)
         if feats is not None and (feats.shape[1:] != (self.settings.feature_dim,) or feats.dtype != self.settings.dtype):
             raise StoreCorruptError(f"{where}: features are {feats.dtype}{list(feats.shape)}, the manifest "
                                     f"says {self.settings.feature_dtype}[*, {self.settings.feature_dim}]")
-        regions: dict[str, np.ndarray | None] = {}
-        for name in REGION_FIELDS:
-            regions[name] = None if name in self.settings.absent_fields else self._region_slice(name, a, b)
+        regions = {name: None if arr is None else arr[a:b] for name, arr in self._region_arrays().items()}
         counts = self._scalars["num_regions"][start:stop]
         if not np.array_equal(np.diff(self._offsets[start:stop + 1]), counts):
             raise StoreCorruptError(f"{where}: offsets disagree with num_regions")
@@ -230,19 +303,6 @@ class HDF5PartReader:
                      width=self._scalars["width"][start:stop], height=self._scalars["height"][start:stop],
                      num_regions=counts, offsets=self._offsets[start:stop + 1] - a,
                      features=feats, regions=regions, feature_rows=feature_rows)
-
-    def _region_slice(self, name: str, a: int, b: int) -> np.ndarray:
-        """Regions ``a:b`` of a per-region dataset; read straight from the file (one ``pread``, no GIL)
-        when it is an unfiltered contiguous little-endian dataset, as this writer makes them."""
-        ds = self._ds[name]
-        offset = ds.id.get_offset() if self._raw is not None else None
-        dtype = ds.dtype
-        if (offset is None or ds.chunks is not None or dtype.byteorder == ">"
-                or ds.id.get_create_plist().get_nfilters()):
-            return ds[a:b]
-        per_region = int(np.prod(ds.shape[1:], dtype=np.int64)) if ds.ndim > 1 else 1
-        flat = self._raw.read_span(offset + a * per_region * dtype.itemsize, (b - a) * per_region, dtype)  # type: ignore[union-attr]
-        return flat.reshape((b - a, *ds.shape[1:]))
 
     def blocks(self, rows_per_block: int = 256) -> Iterator[Block]:
         """Blocks covering the part in order (the whole part as one block when the features are read
@@ -260,5 +320,6 @@ class HDF5PartReader:
         if self._fid is not None and self._pid == os.getpid():
             self._fid.close()
         self._fid = None
+        self._regions = None
         if self._raw is not None:
             self._raw.close()

@@ -14,6 +14,7 @@ from itmflow.files import sha256_file
 from store_fixtures import assert_row_equal, make_rows, write_store
 from stores import open_region_store
 from stores.convert import convert_store
+from stores.integrity import CHECKSUM_FIELD, feature_checksum
 from stores.verify import verify_store
 
 
@@ -29,15 +30,18 @@ def test_verify_sound_and_flipped_byte(tmp_path, storage):
     part.write_bytes(bytes(data))
     report = verify_store(store)
     assert not report.ok
-    assert [f for f, _ in report.problems] == [f"part-00001.{ext}"]
+    assert {f for f, _ in report.problems} == {f"part-00001.{ext}"}
     assert "sha256" in report.problems[0][1]
+    # the readers verify uses check the feature checksums too, and name the row
+    assert any("features fail their checksum" in m for _, m in report.problems[1:]), report.problems
 
 
 def test_verify_names_nonfinite_row_duplicates_and_truncation(tmp_path):
     rows = make_rows(4)
     store = write_store(tmp_path / "s", rows, rows_per_part=2)
-    # Rewrite part 1 with a NaN feature and a duplicate id, then fix up the manifest hashes so only
-    # the content checks can catch it (as if someone edited the store and its manifest).
+    # Rewrite part 1 with a NaN feature and a duplicate id, then fix up the feature checksum and the
+    # manifest hashes so only the content checks can catch it (as if someone edited the store and
+    # its manifest).
     bad = make_rows(2, seed=9)
     bad[0]["image_id"] = rows[0]["image_id"]
     other = write_store(tmp_path / "o", bad, rows_per_part=2)
@@ -46,6 +50,8 @@ def test_verify_names_nonfinite_row_duplicates_and_truncation(tmp_path):
     feats[0:2] = np.array([np.nan], np.float16).tobytes()
     col = pa.array([table.column("features")[0].as_py(), bytes(feats)], type=table.schema.field("features").type)
     table = table.set_column(table.schema.get_field_index("features"), table.schema.field("features"), col)
+    sums = pa.array([feature_checksum(np.frombuffer(v.as_py(), np.uint8)) for v in col], type=pa.uint64())
+    table = table.set_column(table.schema.get_field_index(CHECKSUM_FIELD), table.schema.field(CHECKSUM_FIELD), sums)
     pq.write_table(table, store / "part-00001.parquet", row_group_size=8, use_dictionary=False,
                    compression="none")
     mpath = store / "manifest.json"
