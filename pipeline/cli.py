@@ -65,6 +65,12 @@ def main() -> None:
             raise
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # commands that can resume say how (extract); anything else stopped by Ctrl-C ends quietly
+        if _state["debug"] or "--debug" in sys.argv:
+            raise
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ class RegionStoreWriter:
         self._finishing_ids: dict[str, str] = {}  # ids of the part being finished -> its file
         self._finish_error: BaseException | None = None
         self._finish_file = ""
+        #: Merged into the manifest entry of every part committed from now on (e.g. the worker
+        #: shape that computed its rows); readers ignore keys they do not know.
+        self.part_extra: dict[str, Any] = {}
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock = StoreLock(self.path).acquire()  # before anything in the directory is read or removed
         try:
@@ -238,7 +241,8 @@ class RegionStoreWriter:
             tmp.unlink(missing_ok=True)  # this part's rows stay pending
             raise
         self._next_index += 1
-        entry = {"file": name, "rows": len(block), "regions": int(block.offsets[-1])}
+        entry = {**_jsonable(self.part_extra), "file": name, "rows": len(block),
+                 "regions": int(block.offsets[-1])}
         self._finishing_ids = {image_id: name for image_id in block.image_id}
         self._pending.clear()
         self._pending_ids.clear()

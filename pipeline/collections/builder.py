@@ -4,6 +4,7 @@ it silently. The problems end up in the ingest report."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 from itmflow.errors import UnsafePathError
 from itmflow.files import check_relative
 from pipeline.collections.records import SPLITS, CaptionRecord, ImageRecord
+
+#: Lone UTF-16 surrogates: valid in a Python str, not encodable as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: Split spellings other tools use, mapped onto ours (SCAN calls val "dev").
 SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val"}
@@ -89,6 +93,13 @@ class CollectionBuilder:
                          f"caption id {caption_id!r} was already given at {self._caption_ids[caption_id]}",
                          "later caption dropped", image_id=image_id, caption_id=caption_id)
             return False
+        if _SURROGATE.search(raw):
+            # a lone surrogate ("\udcff": bytes mis-decoded upstream, or a JSON "\\udcff" escape)
+            # cannot be written as UTF-8; keep the caption with U+FFFD in its place
+            self.problem("non_utf8", where, f"caption {raw!r} holds a lone surrogate (not UTF-8 "
+                         "text; the file was mis-decoded)", "caption kept with U+FFFD in place of "
+                         "each lone surrogate", image_id=image_id, caption_id=caption_id)
+            raw = _SURROGATE.sub("\ufffd", raw)
         if not raw.strip():
             self.problem("empty_caption", where, "caption text is empty", "caption kept (tokenizes to "
                          "[CLS][SEP] / <start><end>)", image_id=image_id, caption_id=caption_id)

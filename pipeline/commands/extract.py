@@ -31,6 +31,7 @@ def extract(
     feature_dtype: str = typer.Option("float16", "--feature-dtype", help="Stored feature dtype: float16 | float32."),
     images: Optional[Path] = typer.Option(None, "--images", help="Images root (overrides the one recorded in the collection)."),
     address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: an embedded local Ray."),
+    connect_timeout: float = typer.Option(15.0, "--connect-timeout", envvar="ITMFLOW_RAY_CONNECT_TIMEOUT", help="Seconds to wait for --address to answer before giving up."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs of the embedded Ray (default: all)."),
     part_size: int = typer.Option(512, "--part-size", help="Images per committed store part (rounded down to whole batches)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the images listed in failures.jsonl."),
@@ -44,6 +45,7 @@ def extract(
     from rich.console import Console
 
     from pipeline.extract import ExtractConfig, run_extract
+    from pipeline.extract.job import ExtractInterrupted
     from pipeline.extract.progress import summary_table
 
     console = Console(stderr=True)
@@ -53,11 +55,16 @@ def extract(
         batch_size=batch_size, min_size=min_size, max_size=max_size, proposals=proposals,
         precision=precision, device=device, feature_dtype=feature_dtype, images_root=images,
         address=address, num_cpus=num_cpus, part_size=part_size, retry_failed=retry_failed,
+        connect_timeout=connect_timeout,
     ).validate()
     if random_init:
         console.print("[bold red]--random-init: the detector has random weights; the features "
                       "are meaningless (use --weights for real ones).[/]")
-    summary = run_extract(cfg, console=console)
+    try:
+        summary = run_extract(cfg, console=console)
+    except ExtractInterrupted as stop:
+        typer.echo(str(stop), err=True)
+        raise typer.Exit(stop.exit_code) from None
     Console().print(summary_table(summary))
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +73,9 @@ def extract(
         first = summary.failures[0]["reason"]
         raise InputFileError(
             f"every one of the {summary.failed} images failed (first: {first}); nothing is in "
-            f"{out}. See {out / 'failures.jsonl'}, fix the cause, then rerun with --retry-failed")
+            f"{out}. See {out / 'failures.jsonl'} and fix the cause (a wrong --images root?), then "
+            "rerun: images whose file was missing and exists now are tried again by themselves, "
+            "others with --retry-failed")
 
 
 def register(app: typer.Typer) -> None:

@@ -70,7 +70,35 @@ def store_summary(path: Path) -> dict:
             "weights_file": det.get("weights_file"), "weights_sha256": det.get("weights_sha256"),
             "absent_fields": m.get("absent_fields", []), "parts": len(m["parts"]),
             "bytes": sum(int(p["bytes"]) for p in m["parts"]), "failures": n_fail,
-            "schema_version": m["schema_version"]}
+            "schema_version": m["schema_version"], **_worker_shapes(m["parts"])}
+
+
+def _worker_shapes(parts: list[dict]) -> dict:
+    """Which worker shapes (device, threads, host) wrote the parts, with a part count each; parts
+    written before ``extract`` recorded it (or by ``store import``) are counted apart."""
+    shapes: dict[str, dict] = {}
+    unrecorded = 0
+    for part in parts:
+        workers = part.get("workers")
+        if not isinstance(workers, list) or not workers:
+            unrecorded += 1
+            continue
+        for shape in workers:
+            if isinstance(shape, dict):
+                key = json.dumps(shape, sort_keys=True)
+                shapes.setdefault(key, {**shape, "parts": 0})["parts"] += 1
+    out: dict = {"worker_shapes": list(shapes.values())}
+    if unrecorded:
+        out["parts_without_worker_shape"] = unrecorded
+    return out
+
+
+def _shape_text(summary: dict) -> str:
+    lines = [f"{s.get('device')} × {s.get('threads')} threads @ {s.get('host')} ({s['parts']} parts)"
+             for s in summary.get("worker_shapes", [])]
+    if summary.get("parts_without_worker_shape"):
+        lines.append(f"not recorded ({summary['parts_without_worker_shape']} parts)")
+    return "\n".join(lines)
 
 
 @store_app.command("inspect")
@@ -85,7 +113,10 @@ def inspect_cmd(
     summary = store_summary(store)
     table = Table(title=f"{summary['kind']} store {store}", show_header=False)
     for key, value in summary.items():
-        if key in ("kind", "store"):
+        if key in ("kind", "store", "parts_without_worker_shape"):
+            continue
+        if key == "worker_shapes":
+            table.add_row("written by", _shape_text(summary))
             continue
         if key == "bytes" and value is not None:
             value = f"{_human(value)} ({value} B)"

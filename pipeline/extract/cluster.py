@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -19,6 +20,42 @@ from typing import Iterator
 _QUIET_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
               "RAY_DEDUP_LOGS": "0", "RAY_worker_niceness": "0"}
 _MIB = 1024 * 1024
+#: Seconds to wait for a Ray cluster's GCS port before giving up (``--connect-timeout`` /
+#: ``ITMFLOW_RAY_CONNECT_TIMEOUT``): ``ray.init`` itself retries an unreachable address for minutes.
+CONNECT_TIMEOUT_S = 15.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``host:port``, ``ray://host:port``, ``[v6]:port``);
+    None for ``auto`` / ``local`` or anything else ``ray.init`` resolves by itself."""
+    text = address.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Refuse an address whose port does not answer within ``timeout`` seconds, naming it."""
+    import socket
+
+    from itmflow.errors import ConfigError
+
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({why} within {timeout:g} s); check --address "
+            "/ RAY_ADDRESS and that `ray start --head` runs there, raise --connect-timeout, or leave "
+            "--address out for an embedded local Ray") from None
 
 
 @dataclass
@@ -47,19 +84,66 @@ def object_store_bytes(in_flight_images: int, max_size: int) -> int:
     return max(128 * _MIB, min(need, cap))
 
 
+_GCS_PROBE = ("import sys\n"
+              "from ray._raylet import GcsClient\n"
+              "GcsClient(address=sys.argv[1]).cluster_id\n")
+
+
+def _join(address: str, timeout: float) -> None:
+    """``ray.init(address)`` that gives up after about ``timeout`` seconds with one line naming the
+    address. ``ray.init`` itself retries for minutes (a blackholed host) or forever (a port that
+    accepts TCP but does not speak Ray), and not from Python, so no signal or timer can stop it.
+    Hence: a TCP check, then a child process that asks the GCS for the cluster id, killed at the
+    deadline; only then ``ray.init``."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from itmflow.errors import ConfigError
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(
+            f"cannot reach the Ray cluster at {address} ({why}); check --address / RAY_ADDRESS and "
+            "that `ray start --head` runs there (GCS port, 6379 by default), raise "
+            "--connect-timeout, or leave --address out for an embedded local Ray")
+
+    target = _host_port(address)
+    if target is not None and "://" not in address:  # ray:// (client mode) has no GCS to ask
+        start = time.monotonic()
+        check_reachable(address, timeout)
+        left = max(1.0, timeout - (time.monotonic() - start))
+        try:
+            probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, f"{target[0]}:{target[1]}"],
+                                   capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            raise refuse(f"no Ray GCS answered within {timeout:g} s") from None
+        if probe.returncode != 0:
+            lines = [l for l in probe.stderr.splitlines() if "Error" in l]
+            raise refuse(lines[-1].strip() if lines else f"the GCS probe exited {probe.returncode}")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+    except Exception as exc:
+        if ray.is_initialized():
+            ray.shutdown()
+        text = str(exc).strip().splitlines()
+        raise refuse(text[0] if text else type(exc).__name__) from None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, *, num_cpus: int | None = None,
-                object_store: int | None = None) -> Iterator[ClusterInfo]:
-    """Use the Ray already initialised in this process, join ``address`` / ``RAY_ADDRESS``, or
-    start an embedded local Ray (no dashboard, logs in its session directory) and stop it after."""
+                object_store: int | None = None,
+                connect_timeout: float = CONNECT_TIMEOUT_S) -> Iterator[ClusterInfo]:
+    """Use the Ray already initialised in this process, join ``address`` / ``RAY_ADDRESS`` (after
+    checking within ``connect_timeout`` seconds that it answers), or start an embedded local Ray
+    (no dashboard, logs in its session directory) and stop it after."""
     import ray
 
     owned = False
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or None
         if target:
-            ray.init(address=target, log_to_driver=False, logging_level="ERROR",
-                     configure_logging=False)
+            _join(target, connect_timeout)
         else:
             for key, value in _QUIET_ENV.items():
                 os.environ.setdefault(key, value)

@@ -45,6 +45,7 @@ class ExtractConfig:
     retry_failed: bool = False
     num_cpus: int | None = None
     in_flight: int = 2
+    connect_timeout: float = 15.0
 
     def validate(self) -> "ExtractConfig":
         """Refuse impossible combinations with messages that name the option."""
@@ -68,6 +69,12 @@ class ExtractConfig:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.min_size > self.max_size:
             raise ConfigError(f"--min-size {self.min_size} is larger than --max-size {self.max_size}")
+        if not self.connect_timeout > 0:
+            raise ConfigError(f"--connect-timeout must be positive, got {self.connect_timeout}")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is an existing file, not a store directory; give a new "
+                              "directory or an existing region store")
         if self.proposals is not None and self.proposals < 1:
             raise ConfigError(f"--proposals must be at least 1, got {self.proposals}")
         return self

@@ -11,6 +11,9 @@ resumed run writes exactly the bytes an uninterrupted one does. Memory is bounde
 from __future__ import annotations
 
 import collections
+import json
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +23,8 @@ from rich.console import Console
 
 from itmflow.errors import ItmflowError, StoreError
 from pipeline.extract.config import ExtractConfig
-from pipeline.extract.plan import Batch, Plan, make_plan, read_failed_ids, select_images
+from pipeline.extract.plan import (Batch, Plan, make_plan, missing_now_present, read_failures,
+                                   select_images)
 
 #: Actor restarts / task retries before a batch is given up (a worker killed by the OOM killer or
 #: a lost node is restarted by Ray and its calls replayed; a batch that keeps killing it is not).
@@ -46,6 +50,10 @@ class ExtractSummary:
     device: str = "cpu"
     log_dir: str | None = None
     steady_count: int = 0
+    skipped_failed: int = 0
+    """Images that failed in earlier runs and were not tried again (``--retry-failed`` would)."""
+    retried_missing: int = 0
+    """Images whose file was missing in an earlier run, exists now, and was tried again."""
     failures: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -76,16 +84,115 @@ def committed_ids(store: Path) -> set[str]:
         return set(reader.ids())
 
 
+def _failed_to_skip(out: Path, images: list, root: Any) -> tuple[set[str], int]:
+    """Ids of failures.jsonl to skip, and how many earlier "missing file" failures are retried
+    because their file exists now."""
+    failures = read_failures(out)
+    retry = missing_now_present(failures, images, root) if root is not None else set()
+    return set(failures) - retry, len(retry)
+
+
 def plan_run(cfg: ExtractConfig) -> tuple[Any, Plan]:
     """Read the collection and compute what is left to do; no Ray, no torch."""
     from pipeline.collections import read_collection
 
     collection = read_collection(cfg.collection, cfg.images_root)
     images = select_images(collection.images, cfg.splits)
-    plan = make_plan(images, committed=committed_ids(Path(cfg.out)),
-                     failed=read_failed_ids(cfg.out), batch_size=cfg.batch_size,
-                     retry_failed=cfg.retry_failed)
+    failed, _ = _failed_to_skip(Path(cfg.out), images, collection.images_root)
+    plan = make_plan(images, committed=committed_ids(Path(cfg.out)), failed=failed,
+                     batch_size=cfg.batch_size, retry_failed=cfg.retry_failed)
     return collection, plan
+
+
+class ExtractInterrupted(Exception):
+    """The run was stopped by SIGINT / SIGTERM; what was committed stays."""
+
+    def __init__(self, signum: int, committed: int) -> None:
+        self.signum = signum
+        self.committed = committed
+        super().__init__(f"interrupted: {committed} images committed; rerun the same command to resume")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process killed by it (130, 143)."""
+        return 128 + self.signum
+
+
+class _Stop(BaseException):
+    """Raised in the driver's main thread by the SIGINT / SIGTERM handler (a BaseException, so no
+    ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM stop the run; the first one also ignores any further ones, so cleanup
+    (commit of the whole batches already added, Ray shutdown) is not cut short.
+
+    Before Ray runs, the handler raises :class:`_Stop` at once. While Ray runs (:attr:`deferred`)
+    it only sets :attr:`signum`: an exception raised inside ``ray.wait`` / ``ray.get`` comes out
+    as a ``SystemError``, so the driver loop waits with a timeout and calls :meth:`check`.
+    :meth:`install` again after ``ray.init``, which sets Ray's own SIGTERM handler.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    POLL_S = 0.5
+
+    def __init__(self) -> None:
+        self.saved: dict[int, Any] = {}
+        self.active = threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self.deferred = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        self.signum = signum
+        if not self.deferred:
+            raise _Stop(signum)
+
+    def check(self) -> None:
+        """Raise :class:`_Stop` if a signal came."""
+        if self.signum is not None:
+            raise _Stop(self.signum)
+
+    def install(self) -> None:
+        if not self.active:
+            return
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current == signal.SIG_IGN:
+                continue  # stopping already, or ignored on purpose (nohup, a background job)
+            self.saved.setdefault(sig, current)
+            signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _get(ref: Any, signals: _Signals) -> Any:
+    """``ray.get(ref)`` that notices a stop signal while it waits."""
+    import ray
+
+    while not ray.wait([ref], timeout=signals.POLL_S)[0]:
+        signals.check()
+    return ray.get(ref)
+
+
+def _rows_in_store(out: Path) -> int:
+    """Rows the manifest lists as committed (0 when there is no readable manifest)."""
+    try:
+        return int(json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("num_rows", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unwrap_start_error(exc: BaseException) -> ItmflowError:
@@ -148,17 +255,39 @@ def run_extract(cfg: ExtractConfig, *, console: Console | None = None,
 
     ``on_batch`` is called in the driver after each batch is committed to the writer, with the
     batch number, the worker's process id and the running counts (progress hooks, tests).
+
+    SIGINT / SIGTERM (in the main thread) stop the run: the whole batches already handed to the
+    writer are committed, Ray is shut down, and :class:`ExtractInterrupted` is raised. An error
+    of the store writer (disk full) ends the run the same way, as a one-line
+    :class:`~itmflow.errors.StoreError`.
     """
     cfg.validate()
     console = console or Console(stderr=True)
+    signals = _Signals()
+    signals.install()
+    try:
+        return _run(cfg, console, on_batch, signals)
+    except _Stop as stop:
+        raise ExtractInterrupted(stop.signum, _rows_in_store(Path(cfg.out))) from None
+    finally:
+        signals.restore()
+
+
+def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any]], None] | None,
+         signals: _Signals) -> ExtractSummary:
     out = Path(cfg.out)
     collection, plan = plan_run(cfg)
     summary = ExtractSummary(store=out, selected=plan.selected, already_done=plan.already_done)
     start = time.perf_counter()
+    _note_failures(cfg, out, collection, plan, summary, console)
     if not plan.batches:
         summary.rows_in_store = plan.committed
         summary.seconds = time.perf_counter() - start
         return summary
+    if cfg.weights is not None:
+        from pipeline.extract.preflight import check_weights
+
+        check_weights(cfg.weights)  # before Ray: a bad file is one line, not 80
 
     import ray
 
@@ -168,42 +297,71 @@ def run_extract(cfg: ExtractConfig, *, console: Console | None = None,
 
     window_guess = (cfg.workers or 1) * cfg.in_flight * cfg.batch_size
     store_bytes = object_store_bytes(window_guess, cfg.max_size)
-    with ray_session(cfg.address, num_cpus=cfg.num_cpus, object_store=store_bytes) as info:
+    with ray_session(cfg.address, num_cpus=cfg.num_cpus, object_store=store_bytes,
+                     connect_timeout=cfg.connect_timeout) as info:
+        signals.deferred = True
+        signals.install()  # ray.init replaced the SIGTERM handler with its own
+        signals.check()
         shape = plan_workers(info, workers=cfg.workers, device=cfg.device)
         summary.workers, summary.device, summary.log_dir = shape.count, shape.device, info.log_dir
         if info.log_dir:
             console.print(f"[dim]Ray logs: {info.log_dir}[/]")
         workers = _Workers(shape, cfg)
         try:
-            detector_meta = ray.get(workers.actors[0].describe.remote())
+            detector_meta = _get(workers.actors[0].describe.remote(), signals)
         except ray.exceptions.RayError as exc:
             raise _unwrap_start_error(exc) from None
         settings = detector_meta.get("settings", {})
-        writer = RegionStoreWriter(
-            out, storage=cfg.storage, feature_dim=int(settings.get("feature_dim", 2048)),
-            feature_dtype=cfg.feature_dtype,
-            region_policy=settings.get("region_policy") or cfg.region_policy(),
-            detector=detector_meta, rows_per_part=cfg.part_size,
-            extra={"extract": {"collection": Path(cfg.collection).name,
-                               "batch_size": cfg.batch_size, "splits": list(cfg.splits)}})
-        with writer:
-            # The writer removed crash debris; its committed ids are the truth from here on.
-            plan = make_plan(select_images(collection.images, cfg.splits),
-                             committed=set(writer.committed_ids()),
-                             failed=read_failed_ids(out), batch_size=cfg.batch_size,
-                             retry_failed=cfg.retry_failed)
-            summary.already_done = plan.already_done
-            decode = ray.remote(decode_batch).options(num_cpus=shape.decode_cpus, max_retries=3)
-            _stream(plan, cfg, str(collection.images_root), decode, workers, writer, summary,
-                    console, on_batch)
+        try:
+            writer = RegionStoreWriter(
+                out, storage=cfg.storage, feature_dim=int(settings.get("feature_dim", 2048)),
+                feature_dtype=cfg.feature_dtype,
+                region_policy=settings.get("region_policy") or cfg.region_policy(),
+                detector=detector_meta,
+                # parts are cut by the driver on batch boundaries, never inside add(), so a failed
+                # commit (disk full) is raised as the run's error, not as one image's failure
+                rows_per_part=cfg.part_size + cfg.batch_size,
+                extra={"extract": {"collection": Path(cfg.collection).name,
+                                   "batch_size": cfg.batch_size, "splits": list(cfg.splits)}})
+            with writer:
+                # The writer removed crash debris; its committed ids are the truth from here on.
+                images = select_images(collection.images, cfg.splits)
+                failed, _ = _failed_to_skip(out, images, collection.images_root)
+                plan = make_plan(images, committed=set(writer.committed_ids()), failed=failed,
+                                 batch_size=cfg.batch_size, retry_failed=cfg.retry_failed)
+                summary.already_done = plan.already_done
+                decode = ray.remote(decode_batch).options(num_cpus=shape.decode_cpus, max_retries=3)
+                _stream(plan, cfg, str(collection.images_root), decode, workers, writer, summary,
+                        console, on_batch, signals)
+        except OSError as exc:  # the store's disk is full, or read-only, or gone
+            raise StoreError(
+                f"cannot write the store {out}: {_first_line(exc)}; {_rows_in_store(out)} images are "
+                "committed and stay. Free space (or fix the cause), then rerun the same command to "
+                "resume") from None
         summary.rows_in_store = len(writer.committed_ids())
     summary.seconds = time.perf_counter() - start
     return summary
 
 
+def _note_failures(cfg: ExtractConfig, out: Path, collection: Any, plan: Plan,
+                   summary: ExtractSummary, console: Console) -> None:
+    """Say which earlier failures are skipped and which are retried, and why."""
+    images = select_images(collection.images, cfg.splits)
+    _, retried = _failed_to_skip(out, images, collection.images_root)
+    summary.retried_missing = 0 if cfg.retry_failed else retried
+    summary.skipped_failed = 0 if cfg.retry_failed else plan.failed_before
+    if summary.retried_missing:
+        console.print(f"[yellow]{summary.retried_missing} image(s) whose file was missing in an earlier "
+                      "run exist now and are tried again[/]")
+    if summary.skipped_failed:
+        console.print(f"[yellow]{summary.skipped_failed} image(s) that failed in earlier runs are "
+                      f"skipped (reasons in {out / 'failures.jsonl'}); fix them, then add "
+                      "--retry-failed to try them again[/]")
+
+
 def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Workers,
             writer: Any, summary: ExtractSummary, console: Console,
-            on_batch: Callable[[dict[str, Any]], None] | None) -> None:
+            on_batch: Callable[[dict[str, Any]], None] | None, signals: _Signals) -> None:
     """The driver loop: keep the window full, collect results, commit them in batch order."""
     import ray
 
@@ -217,6 +375,7 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
     in_flight: dict[Any, tuple[Batch, int, Any, int]] = {}  # ref -> (batch, slot, actor, attempt)
     ready: dict[int, BatchResult] = {}
     batches_in_part = 0
+    part_workers: list[dict[str, Any]] = []  # shapes of the workers whose rows the pending part holds
     last_line = time.perf_counter()
     first_result: float | None = None
     steady_start_count = 0
@@ -237,7 +396,8 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
         while todo or in_flight:
             while todo and len(in_flight) + len(ready) < window:
                 submit(todo.popleft(), 1)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+            signals.check()
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=signals.POLL_S)
             for ref in done:
                 batch, slot, actor, attempt = in_flight.pop(ref)
                 workers.load[slot] -= 1
@@ -254,27 +414,35 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                         batch.number, failures=[Failure(i.image_id, i.file, reason) for i in batch.items])
             while order and order[0] in ready:
                 result = ready.pop(order.popleft())
+                added = 0
                 for row in result.rows:
                     try:
                         writer.add(row)
                     except StoreError as exc:  # e.g. features too large for float16: that image only
                         result.failures.append(Failure(row["image_id"], row["file"], f"store: {exc}"))
+                    else:
+                        added += 1
+                if added and result.worker and result.worker not in part_workers:
+                    part_workers.append(result.worker)
+                    writer.part_extra = {"workers": list(part_workers)}
                 for fail in result.failures:
                     writer.record_failure(fail.image_id, fail.file, fail.reason)
                     summary.failures.append({"image_id": fail.image_id, "file": fail.file,
                                              "reason": fail.reason})
-                summary.processed += len(result.rows)
+                summary.processed += added  # a row the store refused is counted as failed only
                 summary.failed += len(result.failures)
                 batches_in_part += 1
                 if batches_in_part >= cfg.part_batches:
                     writer.commit()  # parts end on batch boundaries (see plan.py)
                     batches_in_part = 0
+                    part_workers.clear()
+                    writer.part_extra = {}
                 now = time.perf_counter()
                 if first_result is None:
                     first_result, steady_start_count = now, summary.processed + summary.failed
                 summary.steady_seconds = now - first_result
                 summary.steady_count = summary.processed + summary.failed - steady_start_count
-                progress.update(task, advance=len(result.rows) + len(result.failures),
+                progress.update(task, advance=added + len(result.failures),
                                 failed=summary.failed)
                 if not console.is_terminal and now - last_line >= LOG_EVERY_S:
                     # no live bar in logs / CI: a plain line now and then instead

@@ -74,20 +74,43 @@ def select_images(images: Iterable, splits: list[str] | None) -> list:
     return [im for im in records if im.split in wanted]
 
 
-def read_failed_ids(store: str | Path) -> set[str]:
-    """Image ids listed in ``<store>/failures.jsonl`` (a torn last line from a crash is ignored)."""
+def read_failures(store: str | Path) -> dict[str, dict]:
+    """The last entry of each image id in ``<store>/failures.jsonl`` (a torn last line from a crash
+    is ignored)."""
     path = Path(store) / FAILURES_FILE
-    failed: set[str] = set()
+    failures: dict[str, dict] = {}
     if not path.is_file():
-        return failed
+        return failures
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by SIGKILL: the image is simply tried again
         if isinstance(entry, dict) and isinstance(entry.get("image_id"), str):
-            failed.add(entry["image_id"])
-    return failed
+            failures[entry["image_id"]] = entry
+    return failures
+
+
+def read_failed_ids(store: str | Path) -> set[str]:
+    """Image ids listed in ``<store>/failures.jsonl``."""
+    return set(read_failures(store))
+
+
+#: The reason decode gives a file that does not exist (see decode.py).
+MISSING_PREFIX = "missing file:"
+
+
+def missing_now_present(failures: dict[str, dict], images: Iterable, root: str | Path) -> set[str]:
+    """Ids whose last failure was "missing file" and whose file exists under ``root`` now (a wrong
+    ``--images`` root, files copied in later): retried without ``--retry-failed``, since trying
+    them again cannot repeat the old failure."""
+    out = set()
+    for im in images:
+        entry = failures.get(im.image_id)
+        if entry and str(entry.get("reason", "")).startswith(MISSING_PREFIX) \
+                and (Path(root) / im.file).is_file():
+            out.add(im.image_id)
+    return out
 
 
 def make_plan(images: list, *, committed: set[str], failed: set[str], batch_size: int,

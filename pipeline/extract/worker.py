@@ -27,6 +27,8 @@ class BatchResult:
     failures: list[Failure] = field(default_factory=list)
     pid: int = 0
     detect_seconds: float = 0.0
+    worker: dict[str, Any] = field(default_factory=dict)
+    """The shape of the worker that computed it: device, threads, host (see :meth:`DetectorWorker.shape`)."""
 
 
 def detector_kwargs(*, weights: str | None, random_init: bool, seed: int, device: str,
@@ -55,6 +57,23 @@ class DetectorWorker:
         self.detector = build_detector(**kwargs)
         self.feature_dtype = feature_dtype
         self.pid = os.getpid()
+        self._shape = self._describe_shape(kwargs.get("device", "cpu"))
+
+    @staticmethod
+    def _describe_shape(device: str) -> dict[str, Any]:
+        import socket
+
+        import torch
+
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            device = f"cuda ({torch.cuda.get_device_name()})"
+        return {"device": str(device), "threads": int(torch.get_num_threads()),
+                "host": socket.gethostname()}
+
+    def shape(self) -> dict[str, Any]:
+        """Device, torch threads and host of this worker: the things CPU/GPU reductions depend on
+        (features differ at ~1e-4 relative between shapes; recorded per store part)."""
+        return dict(self._shape)
 
     def describe(self) -> dict[str, Any]:
         """The detector block of the store manifest (name, weights file and hash, settings)."""
@@ -88,7 +107,8 @@ class DetectorWorker:
         """Run the detector on the prepared images of ``decoded``; rows keep batch order."""
         import numpy as np
 
-        result = BatchResult(decoded.number, failures=list(decoded.failures), pid=self.pid)
+        result = BatchResult(decoded.number, failures=list(decoded.failures), pid=self.pid,
+                             worker=self.shape())
         if not decoded.prepared:
             return result
         start = time.perf_counter()

@@ -83,3 +83,28 @@ def test_ingest_bad_input_from_the_shell_prints_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "captions.jsonl line 1: field 'captions' must be a list" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_ingest_reports_a_caption_with_a_lone_surrogate_and_goes_on(tmp_path, photo_dir):
+    """A caption holding "\\udcff" (bytes mis-decoded upstream, kept as a JSON escape) used to
+    crash ingest when the table was written; now it is reported with its line and kept."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photo_dir / "astronaut.jpg", folder / "astronaut.jpg")
+    shutil.copy(photo_dir / "chelsea.jpg", folder / "chelsea.jpg")
+    lines = ['{"file": "astronaut.jpg", "captions": ["A woman in a space suit."]}',
+             '{"file": "chelsea.jpg", "captions": ["A cat\\udcff on a mat.", "A tabby cat."]}']
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "c.parquet"
+    report = tmp_path / "problems.jsonl"
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--format", "folder", "--out", str(out),
+                                      "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    problems = [json.loads(l) for l in report.read_text(encoding="utf-8").splitlines()]
+    assert len(problems) == 1
+    assert problems[0]["kind"] == "non_utf8" and problems[0]["where"] == "captions.jsonl line 2"
+    assert "A cat\\udcff on a mat." in problems[0]["message"]
+    texts = sorted(c.raw for c in read_collection(out).captions)
+    assert texts == ["A cat\ufffd on a mat.", "A tabby cat.", "A woman in a space suit."]
