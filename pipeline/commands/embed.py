@@ -63,7 +63,7 @@ def embed_command(
     from trainers.checkpoints import load_model
     from trainers.data import CaptionCollator, CaptionTable, ImageItems, RegionImages, collate_images
     from trainers.evaluation.report import run_model_dir
-    from trainers.search import choose_index, global_vectors, write_manifest, write_side
+    from pipeline.search.embeddings import choose_index, global_vectors, write_manifest, write_side
     from trainers.train import resolve_device
 
     console = Console(stderr=True)
@@ -159,8 +159,8 @@ def search_command(
     from rich.console import Console
     from rich.table import Table
 
-    from trainers.search import EmbeddingDir
-    from trainers.search_render import Hit, captions_panel, image_grid
+    from pipeline.search.embeddings import EmbeddingDir
+    from pipeline.search.render import Hit, captions_panel, image_grid
 
     if (text is None) == (image is None):
         raise ConfigError("give exactly one query: --text \"...\" or --image ID")
@@ -217,7 +217,7 @@ def _encode_text(emb: Any, text: str, model_path: Optional[Path], tokenizer: Opt
 
     from pipeline.text.bert import encode_captions, load_bert_tokenizer
     from trainers.checkpoints import load_model
-    from trainers.search import global_vectors
+    from pipeline.search.embeddings import global_vectors
 
     if not text.strip():
         raise ConfigError("the --text query is empty")
