@@ -63,6 +63,7 @@ def embed_command(
     from trainers.checkpoints import load_model
     from trainers.data import CaptionCollator, CaptionTable, ImageItems, RegionImages, collate_images
     from trainers.evaluation.report import run_model_dir
+    from trainers.models import MODELS, spec_of
     from pipeline.search.embeddings import choose_index, global_vectors, write_manifest, write_side
     from trainers.train import resolve_device
 
@@ -74,9 +75,10 @@ def embed_command(
     dev = resolve_device(device)
     source = run_model_dir(run) if run.is_dir() else run
     model = load_model(source, device=dev)
-    if getattr(model, "kind", "") not in ("tern", "teran"):
-        raise ConfigError(f"{source}: a {getattr(model, 'kind', '?')} model has no global vectors; "
-                          "embed with a TERN or TERAN model")
+    if not spec_of(model).global_vectors:
+        with_vectors = " or ".join(s.name.upper() for s in MODELS.values() if s.global_vectors)
+        raise ConfigError(f"{source}: a {model.kind} model has no global vectors; "
+                          f"embed with a {with_vectors} model")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)   # incomplete until rewritten at the end
 

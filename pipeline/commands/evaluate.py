@@ -68,10 +68,10 @@ def evaluate_command(
     from torch.utils.data import DataLoader
 
     from trainers.checkpoints import load_model
-    from trainers.data import REQUIREMENTS, CaptionCollator, MatchingData, collate_images
-    from trainers.evaluation.report import (EvalInputs, EvalReport, compute_ndcg, data_name,
-                                            load_sims, run_model_dir, save_sims as write_sims,
-                                            summarize)
+    from trainers.data import CaptionCollator, MatchingData, collate_images
+    from trainers.evaluation.report import (EvalInputs, EvalReport, compute_ndcg, load_sims,
+                                            run_model_dir, save_sims as write_sims, summarize)
+    from trainers.models import spec_of, union_of_needs
     from trainers.scoring import ensemble, score_matrix
     from trainers.train import resolve_device
 
@@ -103,10 +103,9 @@ def evaluate_command(
     timings["load"] = time.perf_counter() - t0
 
     # -- data ----------------------------------------------------------------------------
-    names = [data_name(m) for m in models]
-    data = MatchingData(regions, captions, model=names[0] if names else "tern")
-    needs = frozenset().union(*(REQUIREMENTS[n] for n in names)) if names else frozenset()
-    data.needs = needs            # ensembles of different models need the union of fields
+    specs = [spec_of(m) for m in models]
+    needs = union_of_needs(specs)    # ensembles of different models need the union of fields
+    data = MatchingData(regions, captions, model=specs[0].name if specs else "tern", needs=needs)
     evalset = data.eval_set(split, max_images=max_images)
     n_img = len(evalset.image_ids)
     if n_img % folds:
