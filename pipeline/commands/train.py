@@ -66,8 +66,8 @@ def train_command(
     from rich.table import Table
 
     from itmflow.errors import ConfigError
-    from trainers.presets import build_config
-    from trainers.train import train
+    from trainers.training.config import build_config
+    from trainers.training import train
 
     options: dict[str, Any] = {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "max_steps": max_steps,
@@ -109,7 +109,7 @@ def models_command() -> None:
     from rich.table import Table
 
     from trainers.models import MODELS
-    from trainers.presets import DATASETS
+    from trainers.training.config import DATASETS
 
     table = Table(title="models")
     for col in ("name", "architecture", "reads", "global vectors (embed)", "presets"):

@@ -1,8 +1,9 @@
-"""Training presets: each paper's hyper-parameters and learning-rate schedule as a dataclass.
+"""The training configuration (:class:`TrainConfig`), the paper presets and the learning-rate schedule.
 
 Every field can be overridden from a YAML file (``itmflow train --config FILE``) through
-:func:`itmflow.config.merge`, which refuses unknown keys and wrong types. The values below are the
-authors' released configurations (spec ``trainers.md`` §2.2 TERN, §3 TERAN, §4.3 SGRAF).
+:func:`itmflow.config.merge`, which refuses unknown keys and wrong types. Each model declares its
+authors' released values in its own module (``ModelSpec.preset``; spec ``trainers.md`` §2.2 TERN,
+§3 TERAN, §4.3 SGRAF); :func:`preset` applies them.
 
 The learning rate is a closed-form function of ``(epoch, global iteration)``
 (:func:`learning_rate`), so resuming a run needs only those two counters to continue the schedule
