@@ -41,11 +41,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from itmflow.config import load_yaml
 from itmflow.errors import ConfigError
 from itmflow.files import atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 STAMP_DIR = ".itmflow-run"
@@ -241,7 +244,7 @@ def _builtin_stage(stage: Stage) -> Callable[[], None] | None:
 
 
 def run_workflow(workflow: Workflow, commands: Commands, *, force: bool = False,
-                 console: Any = None) -> list[StageOutcome]:
+                 console: Console | None = None) -> list[StageOutcome]:
     """Run the stages in order with ``commands`` (the CLI's); returns one outcome per stage."""
     from rich.console import Console
 

@@ -9,7 +9,7 @@ config). Adding a model: write its module with ``SPECS`` (:class:`ModelSpec`) an
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Union
 
 from itmflow.config import from_dict, merge
 from itmflow.errors import ConfigError
@@ -28,6 +28,8 @@ from trainers.models.teran import TERAN, TeranConfig
 from trainers.models.tern import TERN, TernConfig
 
 _MODULES = (tern, teran, sgraf)
+ModelConfig = Union[TernConfig, TeranConfig, SgrafConfig]
+"""The config dataclass of any registered model."""
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in _MODULES for spec in module.SPECS}
 """Every model a user can name, in the order ``--help`` lists them."""
@@ -66,7 +68,7 @@ def resolve_kind(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def make_config(name: str, overrides: dict[str, Any] | Any | None = None,
-                *, where: str = "model_config") -> Any:
+                *, where: str = "model_config") -> ModelConfig:
     """The model's config dataclass: paper defaults, then ``overrides`` (dict or dataclass)."""
     kind, implied = resolve_kind(name)
     cls = MODEL_CLASSES[kind][0]
@@ -90,7 +92,7 @@ def build_model(name: str, config: dict[str, Any] | Any | None = None) -> Matchi
     return MODEL_CLASSES[kind][1](cfg)
 
 
-def config_from_dict(kind: str, data: dict[str, Any], *, where: str = "config") -> Any:
+def config_from_dict(kind: str, data: dict[str, Any], *, where: str = "config") -> ModelConfig:
     """Strictly rebuild a stored config dict (unknown keys are errors)."""
     kind, _ = resolve_kind(kind)
     return from_dict(MODEL_CLASSES[kind][0], data, where=where)
@@ -98,6 +100,7 @@ def config_from_dict(kind: str, data: dict[str, Any], *, where: str = "config") 
 
 __all__ = [
     "Embeddings", "INPUTS", "Input", "MODELS", "MODEL_CLASSES", "MODEL_NAMES", "MatchingModel",
+    "ModelConfig",
     "ModelSpec", "SGRAF", "SgrafConfig", "TERAN", "TERN", "TeranConfig", "TernConfig",
     "build_model", "concat_embeddings", "config_from_dict", "embeddings_to", "index_embeddings",
     "make_config", "model_spec", "num_items", "resolve_kind", "spec_of", "union_of_needs",

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -40,6 +40,9 @@ from trainers.training.rng import rng_state, seed_everything, set_rng_state
 from trainers.training.run_dir import RunDir
 from trainers.training.step import optimisation_step
 from trainers.training.validation import evaluate_split
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PLOT_EVERY_S = 60.0
 
@@ -62,7 +65,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: MatchingData, out: str | os.PathLike[str], *,
                  resume: bool = False, bert: str | None = None,
                  inputs: dict[str, Any] | None = None,
-                 console: Any | None = None) -> None:
+                 console: Console | None = None) -> None:
         self.config = config
         self.data = data
         self.out = Path(out)
@@ -270,7 +273,7 @@ class _StopRequest:
 class _ProgressBar:
     """A rich progress bar with the last loss and it/s (silent when disabled)."""
 
-    def __init__(self, total: int, done: int, *, enabled: bool, console: Any | None, label: str):
+    def __init__(self, total: int, done: int, *, enabled: bool, console: Console | None, label: str):
         self.enabled = enabled
         self._progress = None
         if enabled:
@@ -300,7 +303,7 @@ class _ProgressBar:
 
 def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | os.PathLike[str],
           out: str | os.PathLike[str], *, resume: bool = False, bert: str | None = None,
-          vocab: str | os.PathLike[str] | None = None, console: Any | None = None) -> dict[str, Any]:
+          vocab: str | os.PathLike[str] | None = None, console: Console | None = None) -> dict[str, Any]:
     """Train ``config.model`` on a region store and a caption store into run directory ``out``.
 
     ``vocab`` (SGRAF) is the word-vocabulary JSON copied into the run; by default the caption

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from trainers.data import MatchingData
-from trainers.models import MatchingModel, build_model as build, make_config
+from trainers.models import MatchingModel, ModelConfig, build_model as build, make_config
 from trainers.training.config import TrainConfig
 
 
 def model_config(config: TrainConfig, data: MatchingData | None = None, *,
-                 bert: str | None = None) -> Any:
+                 bert: str | None = None) -> ModelConfig:
     """The model's config dataclass: its defaults, what the stores decide, then ``model_config``.
 
     The stores decide the region feature size (``feature_dim`` of the region store) and, for SGRAF,
