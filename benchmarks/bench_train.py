@@ -3,7 +3,7 @@
 Each model is built with the architecture of its paper (TERN/TERAN: BERT-base truncated to 6
 layers — built from its config with random weights, which costs the same as the real ones — a
 4-layer visual transformer at d = 2048, 36 regions; SGRAF: 1024-d embeddings, 300-d words, bi-GRU,
-256-d similarity vectors) and timed on the real training step (`trainers.train.optimisation_step`:
+256-d similarity vectors) and timed on the real training step (`trainers.training.step.optimisation_step`:
 forward, VSE++ loss, backward, clip 2.0, Adam). Batches are synthetic in the store layout: 36
 regions of 2048-d features with TERN geometry, COCO-length captions (14 WordPieces / 13 words).
 
@@ -65,8 +65,10 @@ def run_one(model: str, batch: int, steps: int, device_name: str) -> dict:
     """Time ``steps`` training steps of ``model`` (after one warm-up step) in this process."""
     import torch
 
-    from trainers.presets import build_config
-    from trainers.train import build_model, make_optimizer, optimisation_step, resolve_device
+    from trainers.training.config import build_config
+    from trainers.train import resolve_device
+    from trainers.training.model import build_model, make_optimizer
+    from trainers.training.step import optimisation_step
 
     device = resolve_device(device_name)
     model_config = {"bert_config": BERT_BASE, "bert_layers": 6} if model in ("tern", "teran") \
@@ -131,7 +133,7 @@ def main() -> None:
     rows, details = [], []
     for model in args.models.split(","):
         if device.type == "cuda":
-            from trainers.presets import preset
+            from trainers.training.config import preset
 
             batch = preset(model).batch_size  # the paper's batch on a GPU
         else:

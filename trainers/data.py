@@ -25,21 +25,14 @@ from torch.utils.data import Dataset, Sampler
 
 from itmflow.errors import StoreError
 from stores.schema import geometry_from_boxes
+from trainers.evaluation.recall import CAPTIONS_PER_IMAGE
+from trainers.models import Input, model_spec
 
 # What each split name used for training/validation covers in a caption store.
 SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("train", "restval"),
     "val": ("val",),
     "test": ("test",),
-}
-CAPTIONS_PER_IMAGE = 5
-
-# What each model reads from the stores.
-REQUIREMENTS: dict[str, frozenset[str]] = {
-    "tern": frozenset({"bert", "geometry"}),
-    "teran": frozenset({"bert", "geometry"}),
-    "sgraf-sgr": frozenset({"words"}),
-    "sgraf-saf": frozenset({"words"}),
 }
 
 
@@ -102,7 +95,7 @@ class CaptionTable:
         wanted = SPLITS.get(split, (split,))
         return [i for i, s in enumerate(self.splits) if s in wanted]
 
-    def check(self, rows: Sequence[int], needs: Iterable[str]) -> None:
+    def check(self, rows: Sequence[int], needs: Iterable[Input]) -> None:
         """Raise if a model needs BERT ids or word ids that the store does not hold."""
         needs = set(needs)
         for kind, ragged, fix in (("bert", self.bert, "run `itmflow tokenize` without --no-bert"),
@@ -242,7 +235,7 @@ def collate_images(rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
 class CaptionCollator:
     """Pad the caption fields a model needs (``bert`` and/or ``words``) per batch."""
 
-    def __init__(self, needs: Iterable[str] = ("bert", "words")) -> None:
+    def __init__(self, needs: Iterable[Input] = ("bert", "words")) -> None:
         self.needs = frozenset(needs)
 
     def __call__(self, caps: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -257,7 +250,7 @@ class CaptionCollator:
 class PairCollator:
     """Collate ``(image, caption)`` pairs into ``(images batch, captions batch)``."""
 
-    def __init__(self, needs: Iterable[str] = ("bert", "words")) -> None:
+    def __init__(self, needs: Iterable[Input] = ("bert", "words")) -> None:
         self.captions = CaptionCollator(needs)
 
     def __call__(self, items: Sequence[tuple[dict[str, Any], dict[str, Any]]]
@@ -295,14 +288,16 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class MatchingData:
-    """A region store and a caption store joined for one model: training pairs + evaluation sets."""
+    """A region store and a caption store joined for one model: training pairs + evaluation sets.
+
+    ``needs`` (default: what ``model`` declares, :attr:`trainers.models.ModelSpec.needs`) are the
+    inputs read from the stores; an ensemble of models passes the union of theirs.
+    """
 
     def __init__(self, regions: str | os.PathLike[str], captions: str | os.PathLike[str], *,
-                 model: str = "tern") -> None:
-        if model not in REQUIREMENTS:
-            raise StoreError(f"unknown model {model!r}; choose one of {sorted(REQUIREMENTS)}")
+                 model: str = "tern", needs: frozenset[Input] | None = None) -> None:
         self.model = model
-        self.needs = REQUIREMENTS[model]
+        self.needs: frozenset[Input] = model_spec(model).needs if needs is None else needs
         self.captions = CaptionTable.read(captions)
         self.images = RegionImages(regions, need_geometry="geometry" in self.needs)
         self._have = set(self.images.ids)

@@ -22,14 +22,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from itmflow.errors import ConfigError
-from trainers.models.common import Embeddings, embeddings_to, index_embeddings, num_items
+from trainers.models.common import (Embeddings, MatchingModel, embeddings_to, index_embeddings,
+                                    num_items)
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEFAULT_MAX_MEMORY_GB = 2.0
 _BYTES_F32 = 4
@@ -73,7 +77,7 @@ def _token_shape(emb: Embeddings) -> tuple[int, int]:
     return best
 
 
-def pair_bytes(model: Any, img: Embeddings, cap: Embeddings) -> int:
+def pair_bytes(model: MatchingModel, img: Embeddings, cap: Embeddings) -> int:
     """Working memory one (image, caption) pair needs inside ``model.similarity`` (an estimate).
 
     A model may define ``pair_memory_bytes(img, cap)`` itself; otherwise the count follows the
@@ -99,7 +103,7 @@ def pair_bytes(model: Any, img: Embeddings, cap: Embeddings) -> int:
     return _BYTES_F32 * (4 * w * max(e_img, e_cap) + 4 * r * w + 8 * (w + 1) * sim_dim)
 
 
-def block_sizes(model: Any, img: Embeddings, cap: Embeddings, max_memory_gb: float,
+def block_sizes(model: MatchingModel, img: Embeddings, cap: Embeddings, max_memory_gb: float,
                 n_img: int, n_cap: int) -> tuple[int, int]:
     """Largest ``(images, captions)`` block that fits ``max_memory_gb`` of working memory."""
     if max_memory_gb <= 0:
@@ -115,7 +119,7 @@ def block_sizes(model: Any, img: Embeddings, cap: Embeddings, max_memory_gb: flo
     return img_block, cap_block
 
 
-def _progress(enabled: bool, console: Any | None = None):
+def _progress(enabled: bool, console: Console | None = None):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -125,9 +129,9 @@ def _progress(enabled: bool, console: Any | None = None):
 
 
 @torch.no_grad()
-def encode(model: Any, batches: Iterable[dict[str, Tensor]], side: str, *,
+def encode(model: MatchingModel, batches: Iterable[dict[str, Tensor]], side: str, *,
            device: torch.device | str = "cpu", buffer_dtype: torch.dtype = torch.float32,
-           progress: bool = False, console: Any | None = None) -> EncodedChunks:
+           progress: bool = False, console: Console | None = None) -> EncodedChunks:
     """Encode every batch of one side (``"images"`` or ``"captions"``) into host buffers."""
     if side not in ("images", "captions"):
         raise ValueError(f"side must be 'images' or 'captions', got {side!r}")
@@ -158,10 +162,10 @@ def _split(chunks: EncodedChunks, block: int) -> list[tuple[int, Embeddings]]:
 
 
 @torch.no_grad()
-def score_encoded(model: Any, images: EncodedChunks, captions: EncodedChunks, *,
+def score_encoded(model: MatchingModel, images: EncodedChunks, captions: EncodedChunks, *,
                   device: torch.device | str = "cpu", max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
                   out: np.ndarray | None = None, progress: bool = False,
-                  console: Any | None = None) -> np.ndarray:
+                  console: Console | None = None) -> np.ndarray:
     """Score every image chunk against every caption chunk → float32 ``[n_images, n_captions]``."""
     n_img, n_cap = len(images), len(captions)
     if out is None:
@@ -190,11 +194,11 @@ def score_encoded(model: Any, images: EncodedChunks, captions: EncodedChunks, *,
 
 
 @torch.no_grad()
-def score_matrix(model: Any, images: Iterable[dict[str, Tensor]],
+def score_matrix(model: MatchingModel, images: Iterable[dict[str, Tensor]],
                  captions: Iterable[dict[str, Tensor]], *, device: torch.device | str = "cpu",
                  max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
                  buffer_dtype: torch.dtype = torch.float32, out: np.ndarray | None = None,
-                 progress: bool = False, console: Any | None = None) -> np.ndarray:
+                 progress: bool = False, console: Console | None = None) -> np.ndarray:
     """Encode both sides and score all pairs: float32 ``[n_images, n_captions]`` (rows = images).
 
     ``images`` / ``captions`` are iterables of collated batches (e.g. DataLoaders) in evaluation

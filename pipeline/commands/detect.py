@@ -1,4 +1,7 @@
-"""`itmflow detect`: run the BUTD detector on a few images, print a summary, save regions / PNGs."""
+"""`itmflow detect`: run the BUTD detector on a few images, print a summary, save regions / PNGs.
+
+Options → :class:`pipeline.detect.DetectConfig` → :func:`pipeline.detect.detect`.
+"""
 
 from __future__ import annotations
 
@@ -44,63 +47,40 @@ def detect(
                                              help="Write {image stem}.png with boxes and labels."),
 ) -> None:
     """Run the bottom-up-attention detector on IMAGES and summarise each image's regions."""
-    import io
-
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
-    from detectors.butd import build_detector
-    from detectors.butd.preprocess import load_image, prepare
-    from detectors.visualize import save_regions_png
-    from itmflow.errors import ConfigError, ImageDecodeError, ItmflowError
-    from itmflow.files import atomic_write_bytes
+    from itmflow.errors import ItmflowError
+    from pipeline.detect import DetectConfig, detect
 
-    console = Console()
+    cfg = DetectConfig(images=list(images), weights=weights, random_init=random_init, seed=seed,
+                       vocab=vocab, regions=regions, selection=selection, device=device,
+                       precision=precision, min_size=min_size, max_size=max_size,
+                       proposals=post_nms_topk, out=out, visualize=visualize).validate()
     err = Console(stderr=True)
-    stems: dict[str, Path] = {}
-    for path in images:
-        if path.stem in stems and (out or visualize):
-            raise ConfigError(f"{path} and {stems[path.stem]} have the same stem {path.stem!r}; "
-                              "their output files would collide: rename one or run them separately")
-        stems[path.stem] = path
     if random_init:
         err.print(f"[bold red]{RANDOM_INIT_WARNING}[/bold red]")
-    detector = build_detector(weights, random_init=random_init, seed=seed, device=device,
-                              regions=regions, min_size=min_size, max_size=max_size,
-                              precision=precision, vocab_dir=vocab, selection=selection,
-                              post_nms_topk=post_nms_topk, pre_nms_topk=max(6000, post_nms_topk))
-    source = "RANDOM WEIGHTS (seed %d)" % seed if random_init else \
-        f"{detector.weights_file} ({detector.weights_layout}, sha256 {detector.weights_sha256[:12]}…)"
-    table = Table(title=f"itmflow detect — {source}")
+    result = detect(cfg)
+    table = Table(title=f"itmflow detect — {result.source}")
     for col in ("image", "size", "regions", "top objects", "mean conf"):
         table.add_column(col, overflow="fold")
-    failures = []
-    for path in images:
-        try:
-            rgb = load_image(path)
-        except ImageDecodeError as exc:
-            failures.append(str(exc))
-            table.add_row(path.name, "-", "failed", str(exc), "-")
+    for image in result.images:
+        region = image.regions
+        if region is None:
+            table.add_row(image.path.name, "-", "failed", image.error or "", "-")
             continue
-        region = detector.detect([prepare(rgb, min_size=min_size, max_size=max_size)])[0]
         counts: dict[str, int] = {}
         for oid, aid in zip(region["object_ids"], region["attr_ids"]):
-            name = detector.label(int(oid), int(aid))
+            name = result.detector.label(int(oid), int(aid))
             counts[name] = counts.get(name, 0) + 1
         top = ", ".join(f"{n}×{c}" for n, c in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
         conf = float(np.mean(region["object_conf"])) if region["num_regions"] else 0.0
-        table.add_row(path.name, f"{region['width']}×{region['height']}", str(region["num_regions"]),
-                      top, f"{conf:.3f}")
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            np.savez(buf, **{k: np.asarray(v) for k, v in region.items()})
-            atomic_write_bytes(out / f"{path.stem}.npz", buf.getvalue())
-        if visualize is not None:
-            save_regions_png(rgb, region, visualize / f"{path.stem}.png", detector.label)
-    console.print(table)
+        table.add_row(image.path.name, f"{region['width']}×{region['height']}",
+                      str(region["num_regions"]), top, f"{conf:.3f}")
+    Console().print(table)
     if random_init:
         err.print(f"[bold red]{RANDOM_INIT_WARNING}[/bold red]")
+    failures = result.failures
     if failures:
         raise ItmflowError(f"{len(failures)} of {len(images)} image(s) failed: " + "; ".join(failures))

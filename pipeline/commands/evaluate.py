@@ -1,5 +1,6 @@
 """`itmflow evaluate`: Recall@K (COCO 1K folds / 5K, Flickr30k 1K), rsum and NDCG@25 of a matcher.
 
+Options → :class:`trainers.evaluation.run.EvalConfig` → :func:`trainers.evaluation.run.evaluate`.
 Sources (one of): a run directory of `itmflow train` (its ``best/`` checkpoint), one or more
 ``--checkpoint`` (our model directory or an authors' TERN / TERAN / SGRAF ``.pth``; several are an
 ensemble: the mean of their similarity matrices, e.g. SGRAF = SGR + SAF), or ``--sims`` matrices
@@ -9,11 +10,9 @@ saved earlier with ``--save-sims``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-
-from itmflow.errors import ConfigError
 
 
 def evaluate_command(
@@ -60,109 +59,24 @@ def evaluate_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Evaluate retrieval: Recall@K, medr, meanr, rsum and NDCG@25 (ROUGE-L / SPICE)."""
-    import time
-
-    import numpy as np
-    import torch
     from rich.console import Console
-    from torch.utils.data import DataLoader
 
-    from trainers.checkpoints import load_model
-    from trainers.data import REQUIREMENTS, CaptionCollator, MatchingData, collate_images
-    from trainers.evaluation.report import (EvalInputs, EvalReport, compute_ndcg, data_name,
-                                            load_sims, run_model_dir, save_sims as write_sims,
-                                            summarize)
-    from trainers.scoring import ensemble, score_matrix
-    from trainers.train import resolve_device
+    from trainers.evaluation.run import EvalConfig, evaluate
 
     console = Console(stderr=True)
-    n_sources = (run is not None) + bool(checkpoint) + bool(sims_in)
-    if n_sources != 1:
-        raise ConfigError("give exactly one source: a RUN directory, --checkpoint FILE "
-                          "(repeatable) or --sims FILE.npy (repeatable)")
-    if folds < 1:
-        raise ConfigError(f"--folds must be >= 1, got {folds}")
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if buffer_dtype not in dtypes:
-        raise ConfigError(f"--buffer-dtype must be one of {sorted(dtypes)}, got {buffer_dtype!r}")
-    dev = resolve_device(device)
-    timings: dict[str, float] = {}
-
-    # -- models --------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    models: list[Any] = []
-    sources: list[str] = []
-    if run is not None:
-        mdir = run_model_dir(run)
-        models.append(load_model(mdir, device=dev))
-        sources.append(str(mdir))
-    for ck in checkpoint:
-        models.append(load_model(ck, kind, device=dev, bert=bert))
-        sources.append(str(ck))
-    sources += [str(s) for s in sims_in]
-    timings["load"] = time.perf_counter() - t0
-
-    # -- data ----------------------------------------------------------------------------
-    names = [data_name(m) for m in models]
-    data = MatchingData(regions, captions, model=names[0] if names else "tern")
-    needs = frozenset().union(*(REQUIREMENTS[n] for n in names)) if names else frozenset()
-    data.needs = needs            # ensembles of different models need the union of fields
-    evalset = data.eval_set(split, max_images=max_images)
-    n_img = len(evalset.image_ids)
-    if n_img % folds:
-        raise ConfigError(f"split {split!r} has {n_img} evaluable images, not divisible into "
-                          f"{folds} folds (COCO 1K needs the 5,000-image test split)")
-    inputs = EvalInputs(split=split, image_ids=evalset.image_ids,
-                        caption_ids=[data.captions.caption_ids[r] for r in evalset.caption_rows],
-                        raw_captions=[data.captions.raw[r] or "" for r in evalset.caption_rows],
-                        sources=sources)
-    if data.skipped.get(split):
-        console.print(f"[yellow]{data.skipped[split]} caption(s) of split {split!r} have no "
-                      "image in the region store and are left out[/yellow]")
-
-    # -- similarities --------------------------------------------------------------------
-    t0 = time.perf_counter()
-    matrices: list[np.ndarray] = []
-    for src, model in zip(sources, models):
-        console.print(f"scoring {n_img} images × {5 * n_img} captions with {model.kind} ({src})")
-        img_loader = DataLoader(evalset.images, batch_size=batch_size, shuffle=False,
-                                collate_fn=collate_images, num_workers=workers)
-        cap_loader = DataLoader(evalset.captions, batch_size=batch_size, shuffle=False,
-                                collate_fn=CaptionCollator(needs), num_workers=workers)
-        matrices.append(score_matrix(model, img_loader, cap_loader, device=dev,
-                                     max_memory_gb=max_memory_gb, buffer_dtype=dtypes[buffer_dtype],
-                                     progress=progress, console=console))
-    for s in sims_in:
-        matrices.append(load_sims(s, n_img, 5 * n_img))
-    sims = matrices[0] if len(matrices) == 1 else ensemble(matrices)
-    timings["score"] = time.perf_counter() - t0
-    if save_sims is not None:
-        write_sims(save_sims, sims)
-        if len(matrices) > 1:
-            for i, m in enumerate(matrices):
-                write_sims(save_sims.with_name(f"{save_sims.stem}.part{i}.npy"), m)
-
-    # -- metrics -------------------------------------------------------------------------
-    out_dir = out or ((run / f"eval-{split}") if run is not None else Path(f"eval-{split}"))
-    t0 = time.perf_counter()
-    ranks = summarize(sims, folds)
-    # The folds are diagonal blocks of the full matrix: its one-pool numbers (COCO 5K next to
-    # COCO 1K) cost one more sort, not another scoring pass.
-    pool = summarize(sims, 1) if folds > 1 else None
-    timings["recall"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ndcg, pool_ndcg, files = compute_ndcg(sims, inputs, folds=folds, relevance_dir=relevance,
-                               compute_rouge_dir=(out_dir / "relevance") if compute_rouge else None,
-                               i2t_exclude_zeros=ndcg_i2t_nonzero, name=Path(captions).name)
-    timings["ndcg"] = time.perf_counter() - t0
-    report = EvalReport(inputs=inputs, folds=folds, ranks=ranks, ndcg=ndcg,
-                        ndcg_i2t_exclude_zeros=ndcg_i2t_nonzero, relevance_files=files,
-                        seconds=timings, pool=pool, pool_ndcg=pool_ndcg)
-    paths = report.write(out_dir)
-    Console().print(report.rich_table())
-    for method, r in ndcg.items():
+    cfg = EvalConfig(
+        regions=regions, captions=captions, run=run, checkpoints=list(checkpoint),
+        sims=list(sims_in), split=split, folds=folds, relevance=relevance,
+        compute_rouge=compute_rouge, ndcg_i2t_nonzero=ndcg_i2t_nonzero, save_sims=save_sims,
+        out=out, device=device, batch_size=batch_size, max_memory_gb=max_memory_gb,
+        buffer_dtype=buffer_dtype, workers=workers, max_images=max_images, kind=kind, bert=bert,
+        progress=progress).validate()
+    result = evaluate(cfg, console=console)
+    Console().print(result.report.rich_table())
+    for method, r in result.report.ndcg.items():
         if r.nan_entries:
             console.print(f"[yellow]{method}: {r.nan_entries} NaN relevance entries counted as 0[/yellow]")
+    paths = result.paths
     console.print(f"wrote {paths['json']}, {paths['markdown']}, {paths['ranks']}")
 
 

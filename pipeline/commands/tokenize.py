@@ -1,4 +1,7 @@
-"""`itmflow tokenize`: collection table → caption store (BERT WordPiece ids and/or SCAN word ids)."""
+"""`itmflow tokenize`: collection table → caption store (BERT WordPiece ids and/or SCAN word ids).
+
+Options → :class:`pipeline.text.tokenize.TokenizeConfig` → :func:`pipeline.text.tokenize.tokenize`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
-from itmflow.errors import ConfigError
 
 
 def tokenize(
@@ -29,45 +30,14 @@ def tokenize(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.collections.table import read_collection
-    from pipeline.text.bert import load_bert_tokenizer
-    from pipeline.text.tokenize import tokenize_collection, vocab_captions
-    from pipeline.text.vocab import WordVocab
-    from stores.captions import write_caption_store
+    from pipeline.text.tokenize import TokenizeConfig, tokenize
 
-    if vocab is not None and build_vocab:
-        raise ConfigError("give either --vocab JSON or --build-vocab, not both")
-    if no_bert and vocab is None and not build_vocab:
-        raise ConfigError("--no-bert without --vocab/--build-vocab leaves nothing to store; add a vocabulary")
+    cfg = TokenizeConfig(collection=collection, out=out, tokenizer=None if no_bert else tokenizer,
+                         vocab=vocab, build_vocab=build_vocab, vocab_threshold=threshold,
+                         max_length=max_length).validate()
     console = Console()
-    coll = read_collection(collection)
-    bert = None if no_bert else load_bert_tokenizer(tokenizer)
-    words = None
-    vocab_meta: dict | None = None
-    if vocab is not None:
-        words = WordVocab.load(vocab)
-        vocab_meta = {"name": vocab.name, "source": "file", "size": len(words), "sha256": words.sha256,
-                      "file_sha256": words.source_sha256}
-    elif build_vocab:
-        texts, which = vocab_captions(coll)
-        with console.status(f"building the word vocabulary from {len(texts)} {which}"):
-            words = WordVocab.build(texts, threshold=threshold)
-        vocab_meta = {"name": "vocab.json", "source": f"built from {which}", "threshold": threshold,
-                      "size": len(words), "sha256": words.sha256}
-    with console.status(f"tokenizing {len(coll.captions)} captions"):
-        table, stats = tokenize_collection(coll, bert=bert, vocab=words, max_length=max_length)
-    meta = {
-        "tokenizer": None if bert is None else {"name": bert.name, "vocab_sha256": bert.vocab_sha256,
-                                                "vocab_size": bert.vocab_size, "max_length": max_length},
-        "vocab": vocab_meta,
-        "collection": {"name": collection.name, "source_format": coll.source_format,
-                       "images": len(coll.images)},
-        # the store adds its own "counts" and "provenance"; these are what tokenization saw
-        "tokenization": stats.to_dict(),
-    }
-    write_caption_store(out, table, meta)
-    if build_vocab and words is not None:
-        words.save(out / "vocab.json")
+    result = tokenize(cfg, console=console)
+    stats, bert, words = result.stats, result.bert, result.words
     summary = Table(title=f"caption store {out}", show_header=False)
     summary.add_column("what")
     summary.add_column("value")
@@ -77,8 +47,8 @@ def tokenize(
         summary.add_row("BERT length mean / max", f"{stats.bert_length_mean:.1f} / {stats.bert_length_max}")
         cut = f"{stats.bert_truncated} (to {max_length})" if max_length else "0 (no --max-length)"
         summary.add_row("truncated", f"[red]{cut}[/red]" if stats.bert_truncated else cut)
-    if words is not None:
-        summary.add_row("word vocabulary", f"{vocab_meta['name']} ({len(words)} words)")
+    if words is not None and result.vocab_meta is not None:
+        summary.add_row("word vocabulary", f"{result.vocab_meta['name']} ({len(words)} words)")
         rate = stats.word_unknown / max(stats.word_tokens, 1)
         summary.add_row("unknown words", f"{stats.word_unknown} of {stats.word_tokens} ({rate:.2%})")
     console.print(summary)

@@ -9,13 +9,14 @@ from typing import Any, Optional
 import typer
 
 
-class ModelName(str, Enum):
-    """The models `itmflow train` knows."""
+def model_name(value: str) -> str:
+    """Check a model name against the registry (imported here, not when the CLI starts: torch)."""
+    from trainers.models import MODEL_NAMES
 
-    tern = "tern"
-    teran = "teran"
-    sgraf_sgr = "sgraf-sgr"
-    sgraf_saf = "sgraf-saf"
+    if value not in MODEL_NAMES:
+        raise typer.BadParameter(f"{value!r} is not a model; choose one of {', '.join(MODEL_NAMES)} "
+                                 "(`itmflow models` describes them)")
+    return value
 
 
 class DatasetPreset(str, Enum):
@@ -34,7 +35,8 @@ def _overrides(config_file: Optional[Path], options: dict[str, Any]) -> dict[str
 
 
 def train_command(
-    model: ModelName = typer.Argument(..., help="Model to train: tern, teran, sgraf-sgr or sgraf-saf."),
+    model: str = typer.Argument(..., callback=model_name, metavar="MODEL",
+                                help="Model to train: a name `itmflow models` lists."),
     regions: Path = typer.Option(..., "--regions", help="Region store directory (itmflow extract)."),
     captions: Path = typer.Option(..., "--captions", help="Caption store directory (itmflow tokenize)."),
     out: Path = typer.Option(..., "--out", help="Run directory: config, log, curves, best/ and last/."),
@@ -64,8 +66,8 @@ def train_command(
     from rich.table import Table
 
     from itmflow.errors import ConfigError
-    from trainers.presets import build_config
-    from trainers.train import train
+    from trainers.training.config import build_config
+    from trainers.training import train
 
     options: dict[str, Any] = {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "max_steps": max_steps,
@@ -80,7 +82,7 @@ def train_command(
                               "the caption store was tokenized with")
         size = len(WordVocab.load(vocab))
         overrides.setdefault("model_config", {}).setdefault("vocab_size", size)
-    cfg = build_config(model.value, overrides=overrides, where=str(config or "options"))
+    cfg = build_config(model, overrides=overrides, where=str(config or "options"))
     console = Console(stderr=True)
     summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
                     console=console)
@@ -101,7 +103,25 @@ def train_command(
     typer.echo(f"rsum {best.get('rsum', float('nan')):.1f}; {summary['steps']} steps; run in {out}")
 
 
+def models_command() -> None:
+    """List the models `itmflow train` / `evaluate` / `embed` know: inputs, global vectors, presets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainers.models import MODELS
+    from trainers.training.config import DATASETS
+
+    table = Table(title="models")
+    for col in ("name", "architecture", "reads", "global vectors (embed)", "presets"):
+        table.add_column(col)
+    for spec in MODELS.values():
+        table.add_row(spec.name, spec.kind, ", ".join(["features", *sorted(spec.needs)]),
+                      "yes" if spec.global_vectors else "no", ", ".join(DATASETS))
+    Console().print(table)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `itmflow train` to `app`."""
+    """Add `itmflow train` and `itmflow models` to `app`."""
     app.command("train", help="Train TERN / TERAN / SGRAF on a region store and a caption store.")(
         train_command)
+    app.command("models")(models_command)

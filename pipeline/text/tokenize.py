@@ -3,18 +3,31 @@
 The table handed to :func:`stores.captions.write_caption_store` has the agreed columns
 ``caption_id, image_id, split, raw, bert_ids (list<int32>), bert_length (int32), word_tokens
 (list<string>), word_ids (list<int32>)``; the BERT columns are null without a BERT tokenizer and
-the word columns null without a vocabulary.
+the word columns null without a vocabulary. :func:`tokenize` is the whole step (collection table →
+caption store directory), as ``itmflow tokenize`` runs it::
+
+    from pipeline.text.tokenize import TokenizeConfig, tokenize
+
+    result = tokenize(TokenizeConfig(collection="collection.parquet", out="stores/captions",
+                                     build_vocab=True))
+    print(result.stats.captions, result.stats.word_unknown)
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from itmflow.errors import CollectionError, TokenizerError
+from itmflow.errors import CollectionError, ConfigError, TokenizerError
 from pipeline.collections.records import Collection
 from pipeline.text.bert import BertTokenizer
 from pipeline.text.vocab import UNK, WordVocab
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: Splits whose captions build a vocabulary: SCAN counts train (which includes restval) and dev.
 VOCAB_SPLITS = ("train", "restval", "val")
@@ -98,3 +111,86 @@ def tokenize_collection(collection: Collection, *, bert: BertTokenizer | None, v
         columns["word_ids"] = pa.nulls(n, int_list)
     return pa.table(columns), stats
 
+
+
+@dataclass
+class TokenizeConfig:
+    """Which tokenizations of a collection's captions go into a caption store (``itmflow tokenize``)."""
+
+    collection: str | os.PathLike[str]
+    """Collection table written by ``itmflow ingest`` (.parquet)."""
+    out: str | os.PathLike[str]
+    """Caption store directory to write."""
+    tokenizer: str | None = "bert-base-uncased"
+    """Hugging Face BERT tokenizer (local directory or hub id); None: no BERT ids."""
+    vocab: str | os.PathLike[str] | None = None
+    """SCAN/SGRAF vocabulary JSON, or a shipped one by name (coco_precomp, f30k_precomp)."""
+    build_vocab: bool = False
+    """Build a word vocabulary the SCAN way; saved as OUT/vocab.json."""
+    vocab_threshold: int = 4
+    max_length: int | None = None
+    """Truncate BERT ids to this many tokens (keeping [SEP])."""
+
+    def validate(self) -> TokenizeConfig:
+        if self.vocab is not None and self.build_vocab:
+            raise ConfigError("give either --vocab JSON or --build-vocab, not both")
+        if self.tokenizer is None and self.vocab is None and not self.build_vocab:
+            raise ConfigError("--no-bert without --vocab/--build-vocab leaves nothing to store; "
+                              "add a vocabulary")
+        return self
+
+
+@dataclass
+class TokenizeResult:
+    """What was written: the statistics and the tokenizers used."""
+
+    out: Path
+    stats: TokenizeStats
+    bert: BertTokenizer | None
+    words: WordVocab | None
+    vocab_meta: dict[str, Any] | None
+
+
+def tokenize(config: TokenizeConfig, *, console: Console | None = None) -> TokenizeResult:
+    """Tokenize every caption of the collection and write the caption store (and its vocab.json
+    when the vocabulary was built). ``console`` shows a spinner per stage."""
+    from pipeline.collections.table import read_collection
+    from pipeline.text.bert import load_bert_tokenizer
+    from stores.captions import write_caption_store
+
+    config.validate()
+
+    def status(text: str) -> Any:
+        return console.status(text) if console is not None else nullcontext()
+
+    collection_path, out = Path(config.collection), Path(config.out)
+    coll = read_collection(collection_path)
+    bert = None if config.tokenizer is None else load_bert_tokenizer(config.tokenizer)
+    words = None
+    vocab_meta: dict[str, Any] | None = None
+    if config.vocab is not None:
+        words = WordVocab.load(config.vocab)
+        vocab_meta = {"name": Path(config.vocab).name, "source": "file", "size": len(words),
+                      "sha256": words.sha256, "file_sha256": words.source_sha256}
+    elif config.build_vocab:
+        texts, which = vocab_captions(coll)
+        with status(f"building the word vocabulary from {len(texts)} {which}"):
+            words = WordVocab.build(texts, threshold=config.vocab_threshold)
+        vocab_meta = {"name": "vocab.json", "source": f"built from {which}",
+                      "threshold": config.vocab_threshold, "size": len(words), "sha256": words.sha256}
+    with status(f"tokenizing {len(coll.captions)} captions"):
+        table, stats = tokenize_collection(coll, bert=bert, vocab=words, max_length=config.max_length)
+    meta = {
+        "tokenizer": None if bert is None else {"name": bert.name, "vocab_sha256": bert.vocab_sha256,
+                                                "vocab_size": bert.vocab_size,
+                                                "max_length": config.max_length},
+        "vocab": vocab_meta,
+        "collection": {"name": collection_path.name, "source_format": coll.source_format,
+                       "images": len(coll.images)},
+        # the store adds its own "counts" and "provenance"; these are what tokenization saw
+        "tokenization": stats.to_dict(),
+    }
+    write_caption_store(out, table, meta)
+    if config.build_vocab and words is not None:
+        words.save(out / "vocab.json")
+    return TokenizeResult(out=out, stats=stats, bert=bert, words=words, vocab_meta=vocab_meta)

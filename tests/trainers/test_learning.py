@@ -23,8 +23,8 @@ import pytest
 from synthetic_collection import write_synthetic_stores
 from trainers.checkpoints import from_pretrained
 from trainers.data import MatchingData
-from trainers.presets import build_config
-from trainers.train import Trainer, evaluate_split, train
+from trainers.training.config import build_config
+from trainers.training import Trainer, evaluate_split, train
 
 TINY_BERT = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 1,
              "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,

@@ -338,3 +338,25 @@ def test_models_run_forward_and_backward_on_cuda():
             loss = contrastive_loss(gpu(imgs, caps).float())
         loss.backward()
         assert torch.isfinite(loss)
+
+
+def test_registry_reads_each_models_declaration() -> None:
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from trainers.models import MODELS, model_spec, spec_of, union_of_needs
+
+    assert list(MODELS) == ["tern", "teran", "sgraf-sgr", "sgraf-saf"]
+    assert MODELS["tern"].needs == {"bert", "geometry"} and MODELS["sgraf-sgr"].needs == {"words"}
+    assert [s.name for s in MODELS.values() if s.global_vectors] == ["tern", "teran"]
+    saf = SimpleNamespace(kind="sgraf", config=SimpleNamespace(module="SAF"))
+    assert spec_of(saf) is model_spec("sgraf-saf")
+    assert union_of_needs([MODELS["tern"], MODELS["sgraf-saf"]]) == {"bert", "geometry", "words"}
+    with pytest.raises(ConfigError, match="unknown model 'vse'"):
+        model_spec("vse")
+    listed = CliRunner().invoke(app, ["models"])
+    assert listed.exit_code == 0 and all(name in listed.output for name in MODELS)
+    bad = CliRunner().invoke(app, ["train", "vse", "--regions", "r", "--captions", "c", "--out", "o"])
+    assert bad.exit_code == 2 and "sgraf-saf" in bad.output

@@ -17,8 +17,8 @@ from eval_fixtures import EvalWorld, eval_world
 from itmflow.errors import ConfigError, InputFileError
 from pipeline.cli import app
 from trainers.checkpoints import from_pretrained
-from trainers.search import EmbeddingDir, build_index, choose_index
-from trainers.search_render import TILE, Hit, image_grid
+from pipeline.search.embeddings import EmbeddingDir, build_index, choose_index
+from pipeline.search.render import TILE, Hit, image_grid
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

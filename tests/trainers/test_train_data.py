@@ -169,8 +169,8 @@ def test_epoch_batches_depend_only_on_seed_and_epoch() -> None:
 def test_sgraf_refuses_a_store_without_exactly_36_regions(tmp_path: Path) -> None:
     from itmflow.errors import ModelInputError
     from stores import RegionStoreWriter
-    from trainers.presets import build_config
-    from trainers.train import Trainer
+    from trainers.training.config import build_config
+    from trainers.training import Trainer
 
     with RegionStoreWriter(tmp_path / "r", feature_dim=4, feature_dtype="float32",
                            region_policy={"kind": "adaptive", "min": 10, "max": 100, "conf": 0.2}

@@ -13,8 +13,8 @@ from PIL import Image
 
 from itmflow.errors import ConfigError
 from synthetic_collection import write_synthetic_stores
-from trainers.presets import TrainConfig, build_config, learning_rate
-from trainers.train import Trainer, train
+from trainers.training.config import TrainConfig, build_config, learning_rate
+from trainers.training import Trainer, train
 
 TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,

@@ -9,7 +9,7 @@ import torch
 
 from itmflow.config import load_yaml
 from itmflow.errors import ConfigError
-from trainers.presets import build_config, config_diff, learning_rate, preset
+from trainers.training.config import build_config, config_diff, learning_rate, preset
 
 
 def test_tern_preset_and_effective_lr_formula() -> None:

@@ -7,7 +7,13 @@ import json
 import pytest
 from PIL import Image
 
-from workflows.demo import main
+from pipeline.cli import app
+from pipeline.commands.run import app_commands
+from workflows.demo import main as demo_main
+
+
+def main(argv: list[str]) -> int:
+    return demo_main(argv, commands=app_commands(app))
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -10,7 +10,10 @@ from typer.testing import CliRunner
 
 from itmflow.errors import ConfigError
 from pipeline.cli import app
-from workflows.runner import available_commands, load_workflow, parse_overrides, run_workflow
+from pipeline.commands.run import app_commands
+from workflows.runner import load_workflow, parse_overrides, run_workflow
+
+COMMANDS = app_commands(app)
 
 BUNDLED = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.yaml"))
 
@@ -48,20 +51,20 @@ def _write(tmp_path: Path) -> Path:
 
 def test_stages_run_then_skip_until_an_input_changes(tmp_path):
     flow = load_workflow(_write(tmp_path))
-    first = {o.name: o.status for o in run_workflow(flow)}
+    first = {o.name: o.status for o in run_workflow(flow, COMMANDS)}
     assert first == {"photos": "ran", "ingest": "ran", "future": "unavailable", "train": "off"}
     table = tmp_path / "work" / "collection.parquet"
     assert table.is_file()
     stamp = json.loads((tmp_path / "work" / ".itmflow-run" / "ingest.json").read_text())
     assert stamp["argv"][:2] == ["ingest", str(tmp_path / "work" / "images")]
 
-    second = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)))}
+    second = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)), COMMANDS)}
     assert second["photos"] == "skipped" and second["ingest"] == "skipped"
 
     # a changed input (a caption edited) makes the ingest stage run again
     captions = tmp_path / "work" / "images" / "captions.jsonl"
     captions.write_text(captions.read_text().replace("smiling woman", "smiling cosmonaut"))
-    third = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)))}
+    third = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)), COMMANDS)}
     assert third["photos"] == "skipped" and third["ingest"] == "ran"
     from pipeline.collections import read_collection
 
@@ -87,13 +90,13 @@ def test_variables_overrides_and_errors(tmp_path):
     required = tmp_path / "required.yaml"
     required.write_text("stages:\n  - run: no-such-command\n")
     with pytest.raises(ConfigError, match="not a command"):
-        run_workflow(load_workflow(required))
+        run_workflow(load_workflow(required), COMMANDS)
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
 def test_bundled_workflows_name_existing_commands(path):
     flow = load_workflow(path)
-    commands = available_commands() | {("sample",)}
+    commands = COMMANDS.names | {("sample",)}
     for stage in flow.stages:
         assert tuple(stage.run) in commands, (path.name, stage.name)
     assert {"ingest", "extract", "tokenize"} <= {s.run[0] for s in flow.stages}

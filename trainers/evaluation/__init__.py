@@ -2,6 +2,7 @@
 SPICE relevance matrices (rouge)."""
 
 from trainers.evaluation.recall import (
+    CAPTIONS_PER_IMAGE,
     DirectionMetrics,
     RankResult,
     RetrievalMetrics,
@@ -14,6 +15,7 @@ from trainers.evaluation.recall import (
 )
 
 __all__ = [
+    "CAPTIONS_PER_IMAGE",
     "DirectionMetrics",
     "RankResult",
     "RetrievalMetrics",

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from itmflow.errors import ConfigError, InputFileError
-from trainers.evaluation.recall import fold_bounds
+from trainers.evaluation.recall import CAPTIONS_PER_IMAGE, fold_bounds
 
 NDCG_K = 25
 RELEVANCE_METHODS = ("rougeL", "spice")
@@ -83,7 +83,7 @@ class NdcgResult:
         return {"i2t": self.i2t, "t2i": self.t2i, "nan_relevance_entries": self.nan_entries}
 
 
-def ndcg_protocol(sims: np.ndarray, relevance: np.ndarray, *, n_folds: int = 1, cpi: int = 5,
+def ndcg_protocol(sims: np.ndarray, relevance: np.ndarray, *, n_folds: int = 1, cpi: int = CAPTIONS_PER_IMAGE,
                   k: int = NDCG_K, i2t_exclude_zeros: bool = False) -> NdcgResult:
     """NDCG@k in both directions over the folds of §2.5 (``n_folds=1``: one pool, e.g. 5K).
 

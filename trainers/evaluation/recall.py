@@ -31,6 +31,8 @@ import numpy as np
 from itmflow.errors import ConfigError
 
 RECALL_KS = (1, 5, 10)
+CAPTIONS_PER_IMAGE = 5
+"""Captions per image in every evaluation (COCO and Flickr30k): caption ``c`` ↔ image ``c // 5``."""
 # Rows sorted per chunk: 256 rows × 25,000 captions × int64 ≈ 51 MB of indices at a time.
 _ROW_CHUNK = 256
 
@@ -114,14 +116,14 @@ def _best_positions(rows: np.ndarray, gt_of: Callable[[np.ndarray], np.ndarray])
     return ranks
 
 
-def i2t_ranks(sims: np.ndarray, cpi: int = 5) -> np.ndarray:
+def i2t_ranks(sims: np.ndarray, cpi: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
     """0-based rank of the best ground-truth caption for every image (shape ``[n_images]``)."""
     sims = np.asarray(sims)
     _check_sims(sims, cpi)
     return _best_positions(sims, lambda q: q[:, None] * cpi + np.arange(cpi)[None, :])
 
 
-def t2i_ranks(sims: np.ndarray, cpi: int = 5) -> np.ndarray:
+def t2i_ranks(sims: np.ndarray, cpi: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
     """0-based rank of the ground-truth image for every caption (shape ``[n_captions]``)."""
     sims = np.asarray(sims)
     _check_sims(sims, cpi)
@@ -149,7 +151,7 @@ class RankResult:
     t2i_ranks: np.ndarray
 
 
-def evaluate_sims(sims: np.ndarray, cpi: int = 5) -> RankResult:
+def evaluate_sims(sims: np.ndarray, cpi: int = CAPTIONS_PER_IMAGE) -> RankResult:
     """Both directions on one pool (COCO 5K, Flickr30k 1K, or one fold)."""
     r_i2t = i2t_ranks(sims, cpi)
     r_t2i = t2i_ranks(sims, cpi)
@@ -157,7 +159,7 @@ def evaluate_sims(sims: np.ndarray, cpi: int = 5) -> RankResult:
     return RankResult(metrics, r_i2t, r_t2i)
 
 
-def t2i_metrics(sims: np.ndarray, cpi: int = 5) -> DirectionMetrics:
+def t2i_metrics(sims: np.ndarray, cpi: int = CAPTIONS_PER_IMAGE) -> DirectionMetrics:
     """Text→image only (TERN validates on t2i alone)."""
     return direction_metrics(t2i_ranks(sims, cpi))
 
@@ -184,7 +186,7 @@ def average_metrics(folds: list[RetrievalMetrics]) -> RetrievalMetrics:
     return RetrievalMetrics(mean_dir("i2t"), mean_dir("t2i"), folds=list(folds))
 
 
-def evaluate_folds(sims: np.ndarray, n_folds: int = 5, cpi: int = 5) -> RankResult:
+def evaluate_folds(sims: np.ndarray, n_folds: int = 5, cpi: int = CAPTIONS_PER_IMAGE) -> RankResult:
     """COCO 1K: metrics on each diagonal block ``sims[f·n:(f+1)·n, f·cpi·n:(f+1)·cpi·n]``, averaged.
 
     The returned ranks are the per-fold ranks concatenated in fold order (0-based within the fold).
@@ -199,6 +201,6 @@ def evaluate_folds(sims: np.ndarray, n_folds: int = 5, cpi: int = 5) -> RankResu
                       np.concatenate([r.t2i_ranks for r in per_fold]))
 
 
-def evaluate_protocol(sims: np.ndarray, n_folds: int = 1, cpi: int = 5) -> RankResult:
+def evaluate_protocol(sims: np.ndarray, n_folds: int = 1, cpi: int = CAPTIONS_PER_IMAGE) -> RankResult:
     """``n_folds == 1``: one pool (5K / Flickr30k 1K); otherwise the averaged fold protocol."""
     return evaluate_sims(sims, cpi) if n_folds == 1 else evaluate_folds(sims, n_folds, cpi)

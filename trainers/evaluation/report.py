@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from itmflow.errors import ConfigError, InputFileError
+from itmflow.errors import InputFileError
 from itmflow.files import atomic_write_bytes, atomic_write_json
 from itmflow.provenance import provenance
 from trainers.evaluation.ndcg import (
@@ -24,19 +24,7 @@ from trainers.evaluation.ndcg import (
     open_relevance,
     relevance_filename,
 )
-from trainers.evaluation.recall import RankResult, evaluate_protocol
-
-CPI = 5
-
-
-def data_name(model: Any) -> str:
-    """The ``trainers.data`` model name (what it reads from the stores) of a loaded model."""
-    kind = getattr(model, "kind", "")
-    if kind == "sgraf":
-        return f"sgraf-{str(model.config.module).lower()}"
-    if kind in ("tern", "teran"):
-        return kind
-    raise ConfigError(f"cannot evaluate a model of kind {kind!r}")
+from trainers.evaluation.recall import CAPTIONS_PER_IMAGE, RankResult, evaluate_protocol
 
 
 @dataclass
@@ -70,7 +58,7 @@ class EvalReport:
         n = len(self.inputs.image_ids)
         if self.folds > 1:
             return f"{self.folds} folds of {n // self.folds} images, averaged"
-        return f"{n} images, {n * CPI} captions"
+        return f"{n} images, {n * CAPTIONS_PER_IMAGE} captions"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (metrics.json)."""
@@ -195,7 +183,7 @@ def check_rouge_alignment(relevance: np.ndarray, path: str | os.PathLike[str]) -
     """
     n_cap = relevance.shape[0]
     q = np.arange(n_cap)
-    own = np.asarray(relevance[q, q // CPI], dtype=np.float64)
+    own = np.asarray(relevance[q, q // CAPTIONS_PER_IMAGE], dtype=np.float64)
     bad = np.flatnonzero(np.abs(own - 1.0) > 1e-4)
     if bad.size > 0.01 * n_cap:
         raise InputFileError(
@@ -221,7 +209,7 @@ def compute_ndcg(sims: np.ndarray, inputs: EvalInputs, *, folds: int,
         from trainers.evaluation.rouge import write_rouge_relevance
 
         target = compute_rouge_dir / relevance_filename(name, inputs.split, "rougeL")
-        write_rouge_relevance(inputs.raw_captions, target, cpi=CPI, workers=workers,
+        write_rouge_relevance(inputs.raw_captions, target, cpi=CAPTIONS_PER_IMAGE, workers=workers,
                               progress=progress)
         files["rougeL"] = target
     results: dict[str, NdcgResult] = {}
@@ -231,10 +219,10 @@ def compute_ndcg(sims: np.ndarray, inputs: EvalInputs, *, folds: int,
         rel = open_relevance(path, n_queries=n_cap, n_images=n_img)
         if method == "rougeL":
             check_rouge_alignment(rel, path)
-        results[method] = ndcg_protocol(sims, rel, n_folds=folds, cpi=CPI,
+        results[method] = ndcg_protocol(sims, rel, n_folds=folds, cpi=CAPTIONS_PER_IMAGE,
                                         i2t_exclude_zeros=i2t_exclude_zeros)
         if folds > 1:
-            pooled[method] = ndcg_protocol(sims, rel, n_folds=1, cpi=CPI,
+            pooled[method] = ndcg_protocol(sims, rel, n_folds=1, cpi=CAPTIONS_PER_IMAGE,
                                            i2t_exclude_zeros=i2t_exclude_zeros)
     return results, pooled, {m: str(p) for m, p in files.items()}
 
@@ -250,13 +238,13 @@ def load_sims(path: str | os.PathLike[str], n_img: int, n_cap: int) -> np.ndarra
         raise InputFileError(f"similarity file {p} is not a .npy array ({exc})") from None
     if sims.shape != (n_img, n_cap):
         raise InputFileError(f"similarity file {p} has shape {sims.shape}; this split needs "
-                             f"({n_img}, {n_cap}) = (images, 5 captions per image)")
+                             f"({n_img}, {n_cap}) = (images, {CAPTIONS_PER_IMAGE} captions per image)")
     return np.asarray(sims, dtype=np.float32)
 
 
 def summarize(sims: np.ndarray, folds: int) -> RankResult:
     """Recall protocol on a full matrix (``folds`` > 1: averaged folds)."""
-    return evaluate_protocol(sims, n_folds=folds, cpi=CPI)
+    return evaluate_protocol(sims, n_folds=folds, cpi=CAPTIONS_PER_IMAGE)
 
 
 def save_sims(path: str | os.PathLike[str], sims: np.ndarray) -> Path:
@@ -269,5 +257,5 @@ def save_sims(path: str | os.PathLike[str], sims: np.ndarray) -> Path:
     return p
 
 
-__all__ = ["EvalInputs", "EvalReport", "check_rouge_alignment", "compute_ndcg", "data_name",
+__all__ = ["EvalInputs", "EvalReport", "check_rouge_alignment", "compute_ndcg",
            "load_sims", "run_model_dir", "save_sims", "summarize"]

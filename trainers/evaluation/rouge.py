@@ -29,6 +29,7 @@ import numpy as np
 
 from itmflow.errors import ConfigError, InputFileError
 from trainers.evaluation.ndcg import create_relevance, finish_relevance
+from trainers.evaluation.recall import CAPTIONS_PER_IMAGE
 
 BETA = 1.2
 _WORD = 64
@@ -150,7 +151,7 @@ def rouge_l_scores(lcs: np.ndarray, cand_lens: np.ndarray, ref_lens: np.ndarray,
     return np.where((prec > 0) & (rec > 0), score, 0.0)
 
 
-def rouge_l_matrix_rows(captions: Sequence[str], rows: slice, *, cpi: int = 5,
+def rouge_l_matrix_rows(captions: Sequence[str], rows: slice, *, cpi: int = CAPTIONS_PER_IMAGE,
                         _enc: _Encoded | None = None) -> np.ndarray:
     """ROUGE-L relevance rows ``[rows, N]`` of a split's captions (caption c ↔ image c // cpi)."""
     enc = _enc or _Encoded(captions)
@@ -162,7 +163,7 @@ def rouge_l_matrix_rows(captions: Sequence[str], rows: slice, *, cpi: int = 5,
     return rouge_l_scores(lcs, enc.lengths[q], enc.lengths, cpi)
 
 
-def write_rouge_relevance(captions: Sequence[str], path: str | os.PathLike[str], *, cpi: int = 5,
+def write_rouge_relevance(captions: Sequence[str], path: str | os.PathLike[str], *, cpi: int = CAPTIONS_PER_IMAGE,
                           chunk: int = 256, workers: int = 1,
                           progress: Callable[[int], None] | None = None) -> Path:
     """Compute the ROUGE-L relevance matrix ``[5N, N]`` and write it in the authors' layout.
@@ -221,7 +222,7 @@ def spice_available() -> tuple[bool, str]:
     return True, ""
 
 
-def write_spice_relevance(captions: Sequence[str], path: str | os.PathLike[str], *, cpi: int = 5,
+def write_spice_relevance(captions: Sequence[str], path: str | os.PathLike[str], *, cpi: int = CAPTIONS_PER_IMAGE,
                           progress: Callable[[int], None] | None = None) -> Path:
     """SPICE relevance ``[5N, N]`` with pycocoevalcap (one Java run per query, as the originals).
 

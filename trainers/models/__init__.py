@@ -1,16 +1,19 @@
-"""The three matching models and a registry that builds them by name.
+"""The registry of matching models: every model module's declarations (``SPECS``) by name.
 
-Names: ``tern``, ``teran``, ``sgraf`` (module from the config) and the shorthands ``sgraf-sgr`` /
-``sgraf-saf`` used by ``itmflow train``.
+Names: ``tern``, ``teran``, ``sgraf-sgr`` and ``sgraf-saf`` (:data:`MODELS`); the architecture
+kinds stored in checkpoints are ``tern``, ``teran`` and ``sgraf`` (its module taken from the
+config). Adding a model: write its module with ``SPECS`` (:class:`ModelSpec`) and add the module to
+:data:`_MODULES` below — data loading, presets, evaluation, ``embed`` and the CLI read the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Union
 
 from itmflow.config import from_dict, merge
 from itmflow.errors import ConfigError
+from trainers.models import sgraf, teran, tern
 from trainers.models.common import (
     Embeddings,
     MatchingModel,
@@ -20,37 +23,61 @@ from trainers.models.common import (
     num_items,
 )
 from trainers.models.sgraf import SGRAF, SgrafConfig
+from trainers.models.spec import INPUTS, Input, ModelSpec, union_of_needs
 from trainers.models.teran import TERAN, TeranConfig
 from trainers.models.tern import TERN, TernConfig
 
+_MODULES = (tern, teran, sgraf)
+ModelConfig = Union[TernConfig, TeranConfig, SgrafConfig]
+"""The config dataclass of any registered model."""
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for module in _MODULES for spec in module.SPECS}
+"""Every model a user can name, in the order ``--help`` lists them."""
+MODEL_NAMES = tuple(MODELS)
 MODEL_CLASSES: dict[str, tuple[type, type[MatchingModel]]] = {
-    "tern": (TernConfig, TERN),
-    "teran": (TeranConfig, TERAN),
-    "sgraf": (SgrafConfig, SGRAF),
-}
-MODEL_NAMES = ("tern", "teran", "sgraf-sgr", "sgraf-saf")
+    spec.kind: (spec.config_class, spec.model_class) for spec in MODELS.values()}
+"""``kind`` (as stored in checkpoints) → ``(config class, model class)``."""
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The declaration of model ``name`` (``tern``, ``sgraf-saf`` ...)."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}") from None
+
+
+def spec_of(model: MatchingModel) -> ModelSpec:
+    """The declaration a loaded model answers to (SGRAF: by its config's module)."""
+    for spec in MODELS.values():
+        if spec.describes(model):
+            return spec
+    raise ConfigError(f"a model of kind {getattr(model, 'kind', '')!r} is not in the registry "
+                      f"(models: {list(MODEL_NAMES)})")
 
 
 def resolve_kind(name: str) -> tuple[str, dict[str, Any]]:
-    """``(kind, implied config overrides)`` for a model name such as ``sgraf-saf``."""
+    """``(kind, implied config values)`` for a model name (``sgraf-saf``) or a kind (``sgraf``)."""
     key = name.lower()
     if key in MODEL_CLASSES:
         return key, {}
-    if key in ("sgraf-sgr", "sgraf-saf"):
-        return "sgraf", {"module": key.split("-")[1].upper()}
-    raise ConfigError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES) + ['sgraf']}")
+    if key in MODELS:
+        return MODELS[key].kind, dict(MODELS[key].fixed_config)
+    kinds = [k for k in MODEL_CLASSES if k not in MODELS]
+    raise ConfigError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES) + kinds}")
 
 
 def make_config(name: str, overrides: dict[str, Any] | Any | None = None,
-                *, where: str = "model_config") -> Any:
+                *, where: str = "model_config") -> ModelConfig:
     """The model's config dataclass: paper defaults, then ``overrides`` (dict or dataclass)."""
     kind, implied = resolve_kind(name)
     cls = MODEL_CLASSES[kind][0]
     if dataclasses.is_dataclass(overrides):
         return overrides
     data = dict(overrides or {})
-    if "module" in implied and data.get("module", implied["module"]) != implied["module"]:
-        raise ConfigError(f"{where}.module: {data['module']!r} contradicts model {name!r}")
+    for key, value in implied.items():
+        if data.get(key, value) != value:
+            raise ConfigError(f"{where}.{key}: {data[key]!r} contradicts model {name!r}")
     return merge(cls(), {**data, **implied}, where=where) if data or implied else cls()
 
 
@@ -65,14 +92,16 @@ def build_model(name: str, config: dict[str, Any] | Any | None = None) -> Matchi
     return MODEL_CLASSES[kind][1](cfg)
 
 
-def config_from_dict(kind: str, data: dict[str, Any], *, where: str = "config") -> Any:
+def config_from_dict(kind: str, data: dict[str, Any], *, where: str = "config") -> ModelConfig:
     """Strictly rebuild a stored config dict (unknown keys are errors)."""
     kind, _ = resolve_kind(kind)
     return from_dict(MODEL_CLASSES[kind][0], data, where=where)
 
 
 __all__ = [
-    "Embeddings", "MODEL_NAMES", "MatchingModel", "SGRAF", "SgrafConfig", "TERAN", "TERN",
-    "TeranConfig", "TernConfig", "build_model", "concat_embeddings", "config_from_dict",
-    "embeddings_to", "index_embeddings", "make_config", "num_items", "resolve_kind",
+    "Embeddings", "INPUTS", "Input", "MODELS", "MODEL_CLASSES", "MODEL_NAMES", "MatchingModel",
+    "ModelConfig",
+    "ModelSpec", "SGRAF", "SgrafConfig", "TERAN", "TERN", "TeranConfig", "TernConfig",
+    "build_model", "concat_embeddings", "config_from_dict", "embeddings_to", "index_embeddings",
+    "make_config", "model_spec", "num_items", "resolve_kind", "spec_of", "union_of_needs",
 ]

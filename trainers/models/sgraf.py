@@ -16,8 +16,9 @@ which is why SGRAF needs exactly 36 regions per image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from itmflow.errors import ModelInputError
 from trainers.models.common import MatchingModel, l1norm, l2norm, length_mask, scoring_without_grad
 from trainers.models.sgraf_scoring import FoldedGraph, score_block
+from trainers.models.spec import ModelSpec
 
 EPS = 1e-8
 
@@ -352,4 +354,27 @@ def check_region_policy(region_policy: dict | None, expected: int = 36, store: s
             f"Extract with --regions {expected} or import the SCAN precomp features")
 
 
-__all__ = ["SGRAF", "SgrafConfig", "check_region_policy", "check_regions"]
+def _preset(module: str) -> Callable[[str], dict[str, Any]]:
+    def preset(dataset: str) -> dict[str, Any]:
+        # opts.py / README: Adam 2e-4, lr = 2e-4 * 0.1 ** (epoch // lr_update), bs 128, val
+        # every 1000; COCO 20 epochs (update 10), Flickr30k SGR 40 (30) and SAF 30 (20).
+        if dataset == "coco":
+            epochs, update = 20, 10
+        elif module == "SGR":
+            epochs, update = 40, 30
+        else:
+            epochs, update = 30, 20
+        return dict(batch_size=128, epochs=epochs, lr=2e-4, lr_step_epochs=update,
+                    warmup_iters=0, val_every=1000)
+
+    return preset
+
+
+SPECS = tuple(
+    ModelSpec(name=f"sgraf-{module.lower()}", kind=SGRAF.kind, config_class=SgrafConfig,
+              model_class=SGRAF, needs=frozenset({"words"}), global_vectors=False,
+              preset=_preset(module), fixed_config={"module": module})
+    for module in ("SGR", "SAF"))
+
+
+__all__ = ["SGRAF", "SPECS", "SgrafConfig", "check_region_policy", "check_regions"]

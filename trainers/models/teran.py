@@ -19,13 +19,14 @@ and MrSw (the released models) both definitions coincide. Their evaluation pads 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from trainers.models.common import scoring_without_grad
+from trainers.models.spec import ModelSpec
 from trainers.models.tern import TernConfig, TransformerEncoders
 
 Aggregation = Literal["MrSw", "MwSr", "symm"]
@@ -140,4 +141,16 @@ class TERAN(TransformerEncoders):
         return emb["global"]
 
 
-__all__ = ["TERAN", "TeranConfig", "alignment_scores", "mrsw_scores_packed"]
+def _preset(dataset: str) -> dict[str, Any]:
+    # teran_{coco,f30k}_MrSw.yaml: lr 1e-5, bs 40 (F30K 30), StepLR 20, warm-up none (COCO) /
+    # linear 1000 (F30K), 30 epochs; val_step copied from TERN (500).
+    f30k = dataset == "f30k"
+    return dict(batch_size=30 if f30k else 40, epochs=30, lr=1e-5, lr_step_epochs=20,
+                warmup_iters=1000 if f30k else 0, val_every=500)
+
+
+SPECS = (ModelSpec(name="teran", kind=TERAN.kind, config_class=TeranConfig, model_class=TERAN,
+                   needs=frozenset({"bert", "geometry"}), global_vectors=True, preset=_preset),)
+
+
+__all__ = ["SPECS", "TERAN", "TeranConfig", "alignment_scores", "mrsw_scores_packed"]

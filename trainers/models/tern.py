@@ -24,6 +24,7 @@ from trainers.models.common import (
     run_stack,
     transformer_stack,
 )
+from trainers.models.spec import ModelSpec
 
 
 @dataclass
@@ -121,4 +122,15 @@ class TERN(TransformerEncoders):
         return emb
 
 
-__all__ = ["TERN", "TernConfig", "TransformerEncoders"]
+def _preset(dataset: str) -> dict[str, Any]:
+    # configs/tern.yaml: bs 80, Adam 2e-6, StepLR(30, 0.1) + LinearWarmup(1000), 30 epochs, val 500.
+    # TERN's code selects by t2i R@K sum; we keep rsum by default (issue), t2i_rsum is one key away.
+    return dict(batch_size=80, epochs=30, lr=2e-6, lr_step_epochs=30, warmup_iters=1000,
+                val_every=500)
+
+
+SPECS = (ModelSpec(name="tern", kind=TERN.kind, config_class=TernConfig, model_class=TERN,
+                   needs=frozenset({"bert", "geometry"}), global_vectors=True, preset=_preset),)
+
+
+__all__ = ["SPECS", "TERN", "TernConfig", "TransformerEncoders"]

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from torch import Tensor
 
 from itmflow.errors import ConfigError, InputFileError
 from itmflow.files import atomic_write_json
+from trainers.models import MatchingModel
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FORMAT = "itmflow.embeddings"
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
@@ -41,10 +45,13 @@ few milliseconds per query)."""
 # ------------------------------------------------------------------------------------ vectors
 
 @torch.no_grad()
-def global_vectors(model: Any, batches: Iterable[dict[str, Tensor]], side: str, *,
+def global_vectors(model: MatchingModel, batches: Iterable[dict[str, Tensor]], side: str, *,
                    device: torch.device | str = "cpu", progress: bool = False,
-                   console: Any | None = None) -> np.ndarray:
-    """One l2-normalised float32 vector per item of ``side`` ("images" / "captions")."""
+                   console: Console | None = None, total: int | None = None) -> np.ndarray:
+    """One l2-normalised float32 vector per item of ``side`` ("images" / "captions").
+
+    ``total`` (batches, for the progress bar) defaults to ``len(batches)`` when it has one.
+    """
     from rich.progress import Progress
 
     probe = model.global_embeddings
@@ -53,7 +60,8 @@ def global_vectors(model: Any, batches: Iterable[dict[str, Tensor]], side: str, 
     model.eval()
     parts: list[np.ndarray] = []
     try:
-        total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+        if total is None and hasattr(batches, "__len__"):
+            total = len(batches)  # type: ignore[arg-type]
         with Progress(console=console, disable=not progress) as bar:
             task = bar.add_task(f"embed {side}", total=total)
             for batch in batches:

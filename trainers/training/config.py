@@ -1,8 +1,9 @@
-"""Training presets: each paper's hyper-parameters and learning-rate schedule as a dataclass.
+"""The training configuration (:class:`TrainConfig`), the paper presets and the learning-rate schedule.
 
 Every field can be overridden from a YAML file (``itmflow train --config FILE``) through
-:func:`itmflow.config.merge`, which refuses unknown keys and wrong types. The values below are the
-authors' released configurations (spec ``trainers.md`` §2.2 TERN, §3 TERAN, §4.3 SGRAF).
+:func:`itmflow.config.merge`, which refuses unknown keys and wrong types. Each model declares its
+authors' released values in its own module (``ModelSpec.preset``; spec ``trainers.md`` §2.2 TERN,
+§3 TERAN, §4.3 SGRAF); :func:`preset` applies them.
 
 The learning rate is a closed-form function of ``(epoch, global iteration)``
 (:func:`learning_rate`), so resuming a run needs only those two counters to continue the schedule
@@ -18,7 +19,6 @@ from typing import Any, Literal
 from itmflow.config import merge
 from itmflow.errors import ConfigError
 
-MODEL_NAMES = ("tern", "teran", "sgraf-sgr", "sgraf-saf")
 DATASETS = ("coco", "f30k")
 
 # Fields a resumed run may change without invalidating what was already trained.
@@ -31,7 +31,7 @@ class TrainConfig:
     """Everything that decides how a model is trained (the effective config of a run)."""
 
     model: str = "tern"
-    """Which model: ``tern``, ``teran``, ``sgraf-sgr`` or ``sgraf-saf``."""
+    """Which model: a name of the registry (:data:`trainers.models.MODELS`)."""
     dataset: str = "coco"
     """Which paper preset the defaults come from: ``coco`` or ``f30k``."""
     batch_size: int = 80
@@ -73,45 +73,17 @@ class TrainConfig:
     """Overrides for the model's own config dataclass (dimensions, layers, BERT path, ...)."""
 
 
-def _tern(dataset: str) -> TrainConfig:
-    # configs/tern.yaml: bs 80, Adam 2e-6, StepLR(30, 0.1) + LinearWarmup(1000), 30 epochs, val 500.
-    # TERN's code selects by t2i R@K sum; we keep rsum by default (issue), t2i_rsum is one key away.
-    return TrainConfig(model="tern", dataset=dataset, batch_size=80, epochs=30, lr=2e-6,
-                       lr_step_epochs=30, warmup_iters=1000, val_every=500)
-
-
-def _teran(dataset: str) -> TrainConfig:
-    # teran_{coco,f30k}_MrSw.yaml: lr 1e-5, bs 40 (F30K 30), StepLR 20, warm-up none (COCO) /
-    # linear 1000 (F30K), 30 epochs; val_step copied from TERN (500).
-    f30k = dataset == "f30k"
-    return TrainConfig(model="teran", dataset=dataset, batch_size=30 if f30k else 40, epochs=30,
-                       lr=1e-5, lr_step_epochs=20, warmup_iters=1000 if f30k else 0,
-                       val_every=500)
-
-
-def _sgraf(model: str, dataset: str) -> TrainConfig:
-    # opts.py / README: Adam 2e-4, lr = 2e-4 * 0.1 ** (epoch // lr_update), bs 128, val every 1000.
-    if dataset == "coco":
-        epochs, update = 20, 10
-    elif model == "sgraf-sgr":
-        epochs, update = 40, 30
-    else:
-        epochs, update = 30, 20
-    return TrainConfig(model=model, dataset=dataset, batch_size=128, epochs=epochs, lr=2e-4,
-                       lr_step_epochs=update, warmup_iters=0, val_every=1000)
-
-
 def preset(model: str, dataset: str = "coco") -> TrainConfig:
-    """The authors' training configuration of ``model`` on ``dataset`` (``coco`` or ``f30k``)."""
-    if model not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {model!r}; choose one of {list(MODEL_NAMES)}")
+    """The authors' training configuration of ``model`` on ``dataset`` (``coco`` or ``f30k``).
+
+    The values are each model's own declaration (``ModelSpec.preset`` in its module).
+    """
+    from trainers.models import model_spec
+
+    spec = model_spec(model)
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset preset {dataset!r}; choose one of {list(DATASETS)}")
-    if model == "tern":
-        return _tern(dataset)
-    if model == "teran":
-        return _teran(dataset)
-    return _sgraf(model, dataset)
+    return TrainConfig(model=model, dataset=dataset, **spec.preset(dataset))
 
 
 def build_config(model: str, *, dataset: str | None = None,

@@ -1,14 +1,9 @@
-"""Checkpoints: our format (safetensors + JSON config) and import of the authors' releases.
+"""Import of the authors' released TERN / TERAN / SGRAF checkpoints into our models.
 
-Ours — a directory with ``model.safetensors`` (every weight, BERT included) and ``config.json``
-(``format: itmflow.model``, the model kind, its config dataclass, the weights' sha256,
-provenance). :func:`from_pretrained` rebuilds the model from those two files alone: the BERT
-architecture is part of the config, so no hub access is needed. No training state is stored there.
-
-The authors' releases — ``torch.save`` pickles (legacy non-zip format for the torch-1.x SGRAF
-files). :func:`read_torch_checkpoint` opens them with ``torch.load(weights_only=True)`` and an
-allow-list of ``argparse.Namespace`` (SGRAF/TERN ``opt``) and numpy scalars/dtypes (a metric such
-as ``best_ndcg`` may be a numpy float); anything else is refused with :class:`UnsafeCheckpointError`
+The releases are ``torch.save`` pickles (legacy non-zip format for the torch-1.x SGRAF files).
+:func:`read_torch_checkpoint` opens them with ``torch.load(weights_only=True)`` and an allow-list of
+``argparse.Namespace`` (SGRAF/TERN ``opt``) and numpy scalars/dtypes (a metric such as
+``best_ndcg`` may be a numpy float); anything else is refused with :class:`UnsafeCheckpointError`
 naming the global. :func:`load_authors_checkpoint` maps the keys strictly: every missing key and
 every unused key is named; the tensors the authors' models compute but never use (spec §2.4) are
 expected, and listed in the import report.
@@ -17,7 +12,6 @@ expected, and listed in the import report.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import re
@@ -28,140 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from itmflow.config import to_dict
 from itmflow.errors import CheckpointLayoutError, ConfigError, InputFileError, UnsafeCheckpointError
-from itmflow.files import atomic_write_json, fsync_dir, sha256_file
-from itmflow.provenance import provenance
-from trainers.models import MODEL_CLASSES, config_from_dict
+from trainers.checkpoints.ours import key_list, load_strict
+from trainers.models import MODEL_CLASSES
 from trainers.models.common import MatchingModel
 from trainers.models.sgraf import SgrafConfig
 from trainers.models.teran import TeranConfig
 from trainers.models.tern import TernConfig
 
-FORMAT = "itmflow.model"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
-
-# ==================================================================================================
-# Our format
-# ==================================================================================================
-def save_pretrained(model: MatchingModel, directory: str | os.PathLike[str], *,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created if needed).
-
-    The weights are written first and the config last (both atomically), so a directory with a
-    config always has complete weights. ``extra`` (epoch, metrics, ...) is stored in the config.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": FORMAT, "kind": model.kind})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, out / WEIGHTS_FILE)
-    fsync_dir(out)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": model.kind,
-        "config": to_dict(model.config),
-        "weights_file": WEIGHTS_FILE,
-        "weights_sha256": sha256_file(out / WEIGHTS_FILE),
-        "extra": extra or {},
-        "provenance": provenance(),
-    }
-    atomic_write_json(out / CONFIG_FILE, meta)
-    return out
-
-
-def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of one of our model directories, validated."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise InputFileError(f"{directory}: no {CONFIG_FILE}; is this a model directory written by "
-                             "itmflow (save_pretrained / a run's best/ or last/)?")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputFileError(f"{path}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointLayoutError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointLayoutError(f"{path}: format_version {meta['format_version']} is newer "
-                                    f"than this release reads ({FORMAT_VERSION}); upgrade itmflow")
-    if meta.get("kind") not in MODEL_CLASSES:
-        raise CheckpointLayoutError(f"{path}: unknown model kind {meta.get('kind')!r}")
-    return meta
-
-
-def from_pretrained(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                    verify: bool = False) -> MatchingModel:
-    """Rebuild a model saved by :func:`save_pretrained`, in eval mode, without training state.
-
-    ``verify`` checks the weights file against the sha256 in the config first.
-    """
-    from safetensors.torch import load_file
-
-    meta = read_model_config(directory)
-    weights = Path(directory) / meta.get("weights_file", WEIGHTS_FILE)
-    if not weights.is_file():
-        raise InputFileError(f"{directory}: {weights.name} is missing")
-    if verify and meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
-        raise CheckpointLayoutError(f"{weights}: sha256 does not match config.json; the file is "
-                                    "damaged or was replaced")
-    kind = meta["kind"]
-    config = config_from_dict(kind, meta["config"], where=f"{directory}/{CONFIG_FILE}:config")
-    model = MODEL_CLASSES[kind][1](config)
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise CheckpointLayoutError(f"{weights}: cannot read safetensors ({exc})") from None
-    load_strict(model, state, source=str(weights))
-    return model.to(device).eval()
-
-
-def load_strict(model: torch.nn.Module, state: dict[str, Tensor], *, source: str,
-                allow_missing: tuple[str, ...] = ()) -> list[str]:
-    """``load_state_dict`` that names every missing / unexpected key and every shape mismatch.
-
-    Keys ending with one of ``allow_missing`` may be absent (they keep the model's value); the
-    list of those is returned.
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    filled = [k for k in missing if k.endswith(allow_missing)] if allow_missing else []
-    missing = [k for k in missing if k not in filled]
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(state) & set(own)) if tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_names(missing)}")
-    if unexpected:
-        problems.append(f"unused keys ({len(unexpected)}): {_names(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {_names(mismatched)}")
-    if problems:
-        raise CheckpointLayoutError(f"{source}: the weights do not fit the model — "
-                                    + "; ".join(problems))
-    merged = {**{k: own[k] for k in filled}, **state}
-    model.load_state_dict(merged, strict=True)
-    return filled
-
-
-def _names(keys: list[str], limit: int = 40) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-# ==================================================================================================
-# The authors' releases
-# ==================================================================================================
 def _safe_globals() -> list[Any]:
     """Namespace plus numpy scalars/dtypes under both numpy module names (1.x and 2.x pickles)."""
     import numpy as np
@@ -408,7 +277,7 @@ def load_authors_checkpoint(path: str | os.PathLike[str], kind: str | None = Non
         outside = sorted(k for k in raw if not k.startswith(_TERN_PREFIX))
         if outside:
             raise CheckpointLayoutError(f"{src}: keys outside '{_TERN_PREFIX}' ({len(outside)}): "
-                                        f"{_names(outside)}")
+                                        f"{key_list(outside)}")
         state = {k[len(_TERN_PREFIX):]: v for k, v in raw.items()}
         unused = sorted(k for k in state if _TERN_UNUSED.match(k))
         state = {k: v for k, v in state.items() if k not in unused}
@@ -441,17 +310,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_model(source: str | os.PathLike[str], kind: str | None = None, *,
-               device: str | torch.device = "cpu", bert: str | None = None) -> MatchingModel:
-    """One entry point: our model directory (``config.json``) or an authors' checkpoint file."""
-    p = Path(source)
-    if p.is_dir():
-        return from_pretrained(p, device=device)
-    return load_authors_checkpoint(p, kind, bert=bert, device=device)
-
-
-__all__ = [
-    "CONFIG_FILE", "FORMAT", "ImportReport", "WEIGHTS_FILE", "detect_kind", "from_pretrained",
-    "load_authors_checkpoint", "load_model", "load_strict", "read_model_config",
-    "read_torch_checkpoint", "save_pretrained",
-]
+__all__ = ["ImportReport", "detect_kind", "load_authors_checkpoint", "read_torch_checkpoint",
+           "sgraf_config_from_checkpoint", "tern_config_from_checkpoint"]

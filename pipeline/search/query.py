@@ -1,0 +1,149 @@
+"""``search``: query an embedding directory by text (→ images) or by image id (→ captions or
+images) and draw the results as a PNG. ``itmflow search`` wraps it.
+
+    from pipeline.search.query import SearchConfig, search
+
+    result = search(SearchConfig(directory="emb", text="a dog on a beach", top=5))
+    for hit in result.hits:
+        print(hit.rank, hit.score, hit.item_id, hit.file)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from itmflow.errors import ConfigError, TokenizerError
+from pipeline.search.render import Hit
+
+if TYPE_CHECKING:
+    from pipeline.search.embeddings import EmbeddingDir
+
+PathLike = str | os.PathLike[str]
+TARGETS = ("images", "captions")
+
+
+@dataclass
+class SearchConfig:
+    """One query (exactly one of ``text`` / ``image``) against an embedding directory."""
+
+    directory: PathLike
+    """Embedding directory written by ``itmflow embed``."""
+    text: str | None = None
+    """Text query: find images."""
+    image: str | None = None
+    """Image id query: find captions (or images with ``target="images"``)."""
+    target: str | None = None
+    """images or captions (default: the other modality)."""
+    top: int = 5
+    images: PathLike | None = None
+    """Images root (default: the one recorded by ``embed``)."""
+    model: PathLike | None = None
+    """Model that encodes a text query (default: the one recorded by ``embed``)."""
+    tokenizer: str | None = None
+    """BERT tokenizer directory or id (default: the model's)."""
+    png: PathLike | None = None
+    """Picture of the results (default DIR/search-<query>.png)."""
+    device: str = "cpu"
+
+    def validate(self) -> SearchConfig:
+        if (self.text is None) == (self.image is None):
+            raise ConfigError("give exactly one query: --text \"...\" or --image ID")
+        if self.top < 1:
+            raise ConfigError(f"--top must be >= 1, got {self.top}")
+        return self
+
+
+@dataclass
+class SearchResult:
+    """The ranked hits of one query and the picture drawn of them."""
+
+    title: str
+    target: str
+    """``images`` (hits carry ``file``) or ``captions`` (hits carry ``text``)."""
+    hits: list[Hit]
+    png: Path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")[:48] or "query"
+
+
+def encode_text(emb: EmbeddingDir, text: str, model_path: PathLike | None = None,
+                tokenizer: str | None = None, device: str = "cpu") -> np.ndarray:
+    """The l2-normalised global vector ``[1, D]`` of a text query, tokenized like the embedded
+    captions (the tokenizer's vocabulary is checked against the one recorded by ``embed``)."""
+    import torch
+
+    from pipeline.search.embeddings import global_vectors
+    from pipeline.text.bert import encode_captions, load_bert_tokenizer
+    from trainers.checkpoints import load_model
+
+    if not text.strip():
+        raise ConfigError("the --text query is empty")
+    source = model_path or (emb.path / emb.manifest["model"]["source"])
+    model = load_model(source, device=device)
+    tok_info = emb.manifest.get("tokenizer") or {}
+    tok_source = tokenizer or tok_info.get("source") or "bert-base-uncased"
+    tok = load_bert_tokenizer(tok_source)
+    expected = tok_info.get("vocab_sha256")
+    if expected and tok.vocab_sha256 != expected:
+        raise TokenizerError(f"tokenizer {tok_source!r} has vocabulary sha256 {tok.vocab_sha256[:12]}…, "
+                             f"but the captions were tokenized with {expected[:12]}… "
+                             f"({tok_info.get('name')}); pass --tokenizer with that tokenizer")
+    ids, _ = encode_captions(tok, [text])
+    batch = {"bert_ids": torch.tensor(ids, dtype=torch.long),
+             "bert_lengths": torch.tensor([len(ids[0])], dtype=torch.long)}
+    return global_vectors(model, [batch], "captions", device=device)
+
+
+def search(config: SearchConfig) -> SearchResult:
+    """Run the query, rank the target side by cosine, and write the PNG of the results."""
+    from pipeline.search.embeddings import EmbeddingDir
+    from pipeline.search.render import captions_panel, image_grid
+
+    config.validate()
+    directory = Path(config.directory)
+    emb = EmbeddingDir.open(directory)
+    recorded = emb.manifest.get("images_root")
+    root = config.images if config.images is not None else ((directory / recorded) if recorded else None)
+    query_file: str | None = None
+    if config.text is not None:
+        query_vec = encode_text(emb, config.text, config.model, config.tokenizer, config.device)
+        target = config.target or "images"
+        title = f"text: \"{config.text}\""
+    else:
+        img_side = emb.side("images")
+        pos = img_side.position("image_id", config.image or "")
+        query_vec = img_side.vectors[pos][None]
+        query_file = img_side.row(pos).get("file")
+        target = config.target or ("captions" if "captions" in emb.sides else "images")
+        title = f"image: {config.image}"
+    if target not in TARGETS:
+        raise ConfigError(f"--target must be images or captions, got {target!r}")
+    side = emb.side(target)
+    scores, idx = side.search(np.asarray(query_vec, dtype=np.float32), config.top)
+    hits: list[Hit] = []
+    for rank, (s, i) in enumerate(zip(scores[0], idx[0]), start=1):
+        if i < 0:
+            continue
+        row = side.row(int(i))
+        if target == "images":
+            hits.append(Hit(rank, float(s), row["image_id"], file=row.get("file")))
+        else:
+            hits.append(Hit(rank, float(s), row["caption_id"], text=row.get("raw")))
+    query = config.text if config.text is not None else config.image or ""
+    png = Path(config.png) if config.png is not None else directory / f"search-{_slug(query)}.png"
+    if target == "images":
+        image_grid(hits, root, png, title=title)
+    else:
+        captions_panel(query_file, config.image or "", hits, root, png)
+    return SearchResult(title=title, target=target, hits=hits, png=png)
+
+
+__all__ = ["SearchConfig", "SearchResult", "encode_text", "search"]

@@ -1,0 +1,326 @@
+"""The training loop shared by TERN, TERAN and SGRAF.
+
+One :class:`Trainer` runs a preset (:mod:`trainers.training.config`) on a region store + caption
+store (:mod:`trainers.data`): Adam with the paper's closed-form LR schedule, VSE++ max-violation
+hinge loss on the model's ``[B,B]`` scores, gradient clipping, mixed precision on CUDA, validation
+on the val split by rsum every ``val_every`` iterations and at each epoch end, into a run
+directory (:mod:`trainers.training.run_dir`).
+
+Resuming (``resume=True``) reloads ``last/`` — weights, optimiser, AMP scaler, epoch, position in
+the epoch, global step, best score and every RNG state — so N steps + resume + M steps gives the
+same weights as N+M steps in one go (tested bit for bit on CPU). The batch order is a pure
+function of ``(seed, epoch)`` and every DataLoader has its own generator, so nothing but the
+model's dropout draws from the global RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from itmflow.config import to_dict
+from itmflow.files import atomic_write_json
+from trainers.data import MatchingData, PairCollator, EpochBatchSampler
+from trainers.train import resolve_device
+from trainers.training.config import TrainConfig, learning_rate
+from trainers.checkpoints import from_pretrained
+from trainers.training.model import build_model, check_region_policy, make_optimizer
+from trainers.training.rng import rng_state, seed_everything, set_rng_state
+from trainers.training.run_dir import RunDir
+from trainers.training.step import optimisation_step
+from trainers.training.validation import evaluate_split
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+PLOT_EVERY_S = 60.0
+
+
+@dataclass
+class Progress:
+    """Where a run is: the counters :func:`learning_rate` and the batch sampler need."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train one model on one pair of stores into a run directory (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, data: MatchingData, out: str | os.PathLike[str], *,
+                 resume: bool = False, bert: str | None = None,
+                 inputs: dict[str, Any] | None = None,
+                 console: Console | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.out = Path(out)
+        self.bert = bert
+        self.inputs = inputs or {}
+        self.console = console
+        self.device = resolve_device(config.device)
+        self.progress = Progress()
+        self.history: list[dict[str, Any]] = []
+        self._plotted = -math.inf
+        self.run = RunDir(self.out)
+        self.run.prepare(config, resume=resume)
+        self.run.write_config(config, {
+            "model": config.model, "inputs": self.inputs, "bert": bert, "device": str(self.device),
+            "train_captions": len(data.captions.rows_of("train"))})
+        seed_everything(config.seed)
+        if resume:
+            # The saved config.json rebuilds the architecture offline (no BERT download).
+            self.model = from_pretrained(self.out / "last").to(self.device)
+        else:
+            self.model = build_model(config, data, bert=bert).to(self.device)
+        check_region_policy(self.model, data)
+        self.optimizer = make_optimizer(self.model, config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype() == torch.float16)
+        self.pairs = data.train_pairs("train")
+        self.evalset = data.eval_set("val", max_images=config.val_images)
+        if resume:
+            self._load_state()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or self.config.amp == "off":
+            return None
+        return torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _save(self, name: str, *, with_state: bool, metrics: dict[str, Any] | None = None) -> None:
+        p = self.progress
+        state = None
+        if with_state:
+            state = {"optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(),
+                     "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch, "step": p.step,
+                     "best_score": p.best_score, "best_step": p.best_step,
+                     "best_metrics": json.dumps(p.best_metrics), "rng": rng_state()}
+        self.run.save(name, self.model, extra={"step": p.step, "epoch": p.epoch,
+                                               "train_config": to_dict(self.config)},
+                      state=state, metrics=metrics)
+
+    def _load_state(self) -> None:
+        state = self.run.load_state()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
+                                 step=state["step"], best_score=state["best_score"],
+                                 best_step=state["best_step"],
+                                 best_metrics=json.loads(state["best_metrics"]))
+        set_rng_state(state["rng"])
+        if self.run.log_file.is_file():
+            self.history = self.run.trim_log(self.progress.step)
+
+    # -- logging ---------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self.run.append_log(record)
+
+    def plot(self) -> Path:
+        """Write ``curves.png``: training loss and validation scores against the iteration."""
+        from trainers.plots import plot_curves
+
+        path = self.out / "curves.png"
+        self._plotted = time.perf_counter()
+        plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}")
+        return path
+
+    # -- validation ------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, Any]:
+        """Score the val split, log it, and save ``best`` when the selected metric improves."""
+        self.model.eval()
+        metrics = evaluate_split(self.model, self.data, batch_size=self.config.eval_batch_size,
+                                 device=self.device, evalset=self.evalset)
+        score = metrics.rsum if self.config.select_by == "rsum" else metrics.t2i.rsum
+        p = self.progress
+        record = {"kind": "val", "step": p.step, "epoch": p.epoch, "score": score,
+                  "n_images": len(self.evalset.image_ids), **metrics.to_dict()}
+        improved = score > p.best_score
+        if improved:
+            p.best_score, p.best_step, p.best_metrics = score, p.step, record
+        record["best"] = improved
+        self._log(record)
+        if improved:
+            self._save("best", with_state=False, metrics=record)
+        self.model.train()
+        return record
+
+    # -- training --------------------------------------------------------------------------
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        sampler = EpochBatchSampler(len(self.pairs), self.config.batch_size, seed=self.config.seed,
+                                    epoch=epoch, start_batch=start_batch)
+        # A private generator: creating the iterator must not draw from the global RNG.
+        return DataLoader(self.pairs, batch_sampler=sampler, collate_fn=PairCollator(self.data.needs),
+                          num_workers=self.config.workers,
+                          generator=torch.Generator().manual_seed(self.config.seed),
+                          pin_memory=self.device.type == "cuda")
+
+    def train_step(self, images: dict[str, torch.Tensor], captions: dict[str, torch.Tensor]
+                   ) -> float:
+        """One optimiser step at the scheduled LR; returns the loss."""
+        p = self.progress
+        return optimisation_step(self.model, self.optimizer, self.scaler, images, captions,
+                                 self.config, lr=learning_rate(self.config, p.epoch, p.step),
+                                 device=self.device, amp_dtype=self._amp_dtype(), step=p.step)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``); returns a summary (best score, steps, seconds)."""
+        cfg, p = self.config, self.progress
+        per_epoch = EpochBatchSampler(len(self.pairs), cfg.batch_size, seed=cfg.seed).batches_per_epoch()
+        total = cfg.epochs * per_epoch
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        self.model.train()
+        started = time.perf_counter()
+        steps_run = 0
+        bar = _ProgressBar(total, p.step, enabled=cfg.progress, console=self.console,
+                           label=cfg.model)
+        stop = _StopRequest()
+        with bar, stop:
+            while p.epoch < cfg.epochs and p.step < total and not stop.requested:
+                tick = time.perf_counter()
+                for images, captions in self._loader(p.epoch, p.batch_in_epoch):
+                    loss = self.train_step(images, captions)
+                    p.step += 1
+                    p.batch_in_epoch += 1
+                    steps_run += 1
+                    its = 1.0 / max(time.perf_counter() - tick, 1e-9)
+                    bar.advance(loss, its)
+                    if p.step % cfg.log_every == 0 or p.step == 1:
+                        self._log({"kind": "train", "step": p.step, "epoch": p.epoch,
+                                   "loss": loss, "lr": learning_rate(cfg, p.epoch, p.step - 1),
+                                   "it_s": its})
+                    if cfg.val_every and p.step % cfg.val_every == 0 and p.batch_in_epoch < per_epoch:
+                        self.validate()
+                        self._save("last", with_state=True)
+                        # Drawing costs ~1 s: mid-epoch refreshes at most once a minute.
+                        if time.perf_counter() - self._plotted > PLOT_EVERY_S:
+                            self.plot()
+                    if p.step >= total or stop.requested:
+                        break
+                    tick = time.perf_counter()  # it/s measures the step, not validation/saving
+                if p.batch_in_epoch >= per_epoch:
+                    p.epoch += 1
+                    p.batch_in_epoch = 0
+                    self.validate()
+                self._save("last", with_state=True)
+                if time.perf_counter() - self._plotted > PLOT_EVERY_S:
+                    self.plot()
+        self.plot()
+        seconds = time.perf_counter() - started
+        if stop.requested:
+            self._log({"kind": "stop", "step": p.step, "epoch": p.epoch, "signal": stop.requested})
+        summary = {"steps": p.step, "epochs_done": p.epoch, "steps_this_run": steps_run,
+                   "stopped_by": stop.requested,
+                   "seconds": seconds, "best_score": p.best_score, "best_step": p.best_step,
+                   "best": p.best_metrics, "skipped_captions": self.data.skipped}
+        atomic_write_json(self.out / "summary.json", summary)
+        return summary
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during training: finish the current step, save ``last/``, return.
+
+    A pre-empted cluster job (SIGTERM) or a Ctrl-C then loses nothing, and ``--resume`` continues
+    exactly. A second signal interrupts at once (the previous handler runs). Outside the main
+    thread, where Python cannot install handlers, this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+class _ProgressBar:
+    """A rich progress bar with the last loss and it/s (silent when disabled)."""
+
+    def __init__(self, total: int, done: int, *, enabled: bool, console: Console | None, label: str):
+        self.enabled = enabled
+        self._progress = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(
+                TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[its]:.2f} it/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+            self._task = self._progress.add_task("train", total=total, completed=done,
+                                                 loss=float("nan"), its=0.0)
+
+    def __enter__(self) -> _ProgressBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, loss: float, its: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, loss=loss, its=its)
+
+
+def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | os.PathLike[str],
+          out: str | os.PathLike[str], *, resume: bool = False, bert: str | None = None,
+          vocab: str | os.PathLike[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Train ``config.model`` on a region store and a caption store into run directory ``out``.
+
+    ``vocab`` (SGRAF) is the word-vocabulary JSON copied into the run; by default the caption
+    store's own ``vocab.json``.
+    """
+    data = MatchingData(regions, captions, model=config.model)
+    inputs = {"regions": str(regions), "captions": str(captions),
+              "region_store": {k: data.images.manifest.get(k) for k in
+                               ("format", "schema_version", "storage", "feature_dim", "detector",
+                                "region_policy") if k in data.images.manifest},
+              "caption_store": {k: v for k, v in data.captions.manifest.items()
+                                if k not in ("provenance",)}}
+    trainer = Trainer(config, data, out, resume=resume, bert=bert, inputs=inputs, console=console)
+    source = Path(vocab) if vocab is not None else Path(captions) / "vocab.json"
+    if "words" in data.needs and source.is_file() and \
+            (vocab is not None or not (trainer.out / "vocab.json").exists()):
+        # The word ids only mean something with their vocabulary: keep it beside the weights.
+        shutil.copyfile(source, trainer.out / "vocab.json")
+    return trainer.fit()
+

@@ -1,0 +1,75 @@
+"""The model a run trains: its config from the stores and ``model_config``, the optimiser, and
+the checks made before the first step."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainers.data import MatchingData
+from trainers.models import MatchingModel, ModelConfig, build_model as build, make_config
+from trainers.training.config import TrainConfig
+
+
+def model_config(config: TrainConfig, data: MatchingData | None = None, *,
+                 bert: str | None = None) -> ModelConfig:
+    """The model's config dataclass: its defaults, what the stores decide, then ``model_config``.
+
+    The stores decide the region feature size (``feature_dim`` of the region store) and, for SGRAF,
+    the word-vocabulary size; ``bert`` (``--bert``) names the BERT directory or hub id. Explicit
+    ``model_config`` keys win over both.
+    """
+    fields = {f.name for f in dataclasses.fields(make_config(config.model))}
+    values: dict[str, Any] = {}
+    if data is not None:
+        dim = data.images.manifest.get("feature_dim")
+        if "feature_dim" in fields and isinstance(dim, int):
+            values["feature_dim"] = dim
+        if "vocab_size" in fields and "words" in data.needs:
+            size = data.word_vocab_size()
+            if size is not None:
+                values["vocab_size"] = size
+    if bert is not None and "bert" in fields:
+        values["bert"] = bert
+    values.update(config.model_config)
+    return make_config(config.model, values)
+
+
+def build_model(config: TrainConfig, data: MatchingData | None = None, *,
+                bert: str | None = None) -> MatchingModel:
+    """The model of ``config.model`` built from :func:`model_config`."""
+    return build(config.model, model_config(config, data, bert=bert))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over all trainable parameters; BERT's group carries ``bert_lr_scale``."""
+    bert, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (bert if "bert" in name.lower() else rest).append(param)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if bert:
+        groups.append({"params": bert, "lr_scale": config.bert_lr_scale})
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def check_region_policy(model: nn.Module, data: MatchingData) -> None:
+    """Fail before training, naming the store, when a model needs a fixed K the store lacks.
+
+    SGRAF's VisualSA has one BatchNorm channel per region, so every image needs exactly
+    ``num_regions`` (36) regions; the model itself would only notice at the first batch.
+    """
+    from itmflow.errors import ModelInputError
+
+    k = getattr(getattr(model, "config", None), "num_regions", None)
+    if k is None:
+        return
+    policy = data.images.manifest.get("region_policy") or {}
+    if policy.get("kind") != "fixed" or int(policy.get("k", -1)) != int(k):
+        raise ModelInputError(
+            f"region store {data.images.path} has region policy {policy}, but "
+            f"{getattr(model, 'kind', 'this model')} needs exactly {k} regions per image; extract "
+            f"with --regions {k} (fixed) or import {k}-region features")
