@@ -29,7 +29,7 @@ from detectors.butd import build_detector
 from detectors.butd.box_ops import nms_legacy
 from detectors.butd.postprocess import per_class_nms_max_conf
 from detectors.butd.preprocess import prepare
-from itmflow.bench import row, write_result
+from benchlib import row, write_result
 
 
 def photos() -> list[np.ndarray]:

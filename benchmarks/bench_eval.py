@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from itmflow.bench import row, write_result  # noqa: E402
+from benchlib import row, write_result  # noqa: E402
 from trainers.evaluation.rouge import rouge_tokens, write_rouge_relevance  # noqa: E402
 from trainers.models.common import index_embeddings, num_items  # noqa: E402
 from trainers.scoring import EncodedChunks, encode, score_encoded  # noqa: E402

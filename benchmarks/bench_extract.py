@@ -62,7 +62,7 @@ def main() -> None:
 
     import ray
 
-    from itmflow.bench import row, write_result
+    from benchlib import row, write_result
     from pipeline.collections import ImageRecord, write_collection
     from pipeline.extract import ExtractConfig, run_extract
     from pipeline.extract.worker import detector_kwargs

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from itmflow.bench import row, write_result  # noqa: E402
+from benchlib import row, write_result  # noqa: E402
 from itmflow.files import fsync_dir  # noqa: E402
 from stores import RegionStoreWriter, open_region_store  # noqa: E402
 from stores.schema import geometry_from_boxes  # noqa: E402

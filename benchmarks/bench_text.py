@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # the Rust backend may use every core
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from itmflow.bench import row, write_result  # noqa: E402
+from benchlib import row, write_result  # noqa: E402
 from pipeline.text.vocab import SHIPPED_VOCABS  # noqa: E402
 
 SUBJECTS = ["man", "woman", "child", "dog", "cat", "group of people", "young boy", "girl", "bus", "train",

@@ -66,7 +66,7 @@ def run_one(model: str, batch: int, steps: int, device_name: str) -> dict:
     import torch
 
     from trainers.training.config import build_config
-    from trainers.train import resolve_device
+    from itmflow.devices import resolve_device
     from trainers.training.model import build_model, make_optimizer
     from trainers.training.step import optimisation_step
 
@@ -124,8 +124,8 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.batch, args.steps, args.device)))
         return
 
-    from itmflow.bench import row, write_result
-    from trainers.train import resolve_device
+    from benchlib import row, write_result
+    from itmflow.devices import resolve_device
 
     device = resolve_device(args.device)
     # Other jobs on a shared box slow every step down: keep the load beside the numbers.

@@ -87,7 +87,7 @@ def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult
     from trainers.data import CaptionCollator, CaptionTable, ImageItems, RegionImages, collate_images
     from trainers.evaluation.report import run_model_dir
     from trainers.models import MODELS, spec_of
-    from trainers.train import resolve_device
+    from itmflow.devices import resolve_device
 
     console = console or Console(stderr=True)
     out = Path(config.out)

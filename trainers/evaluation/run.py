@@ -109,7 +109,7 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     from trainers.data import CaptionCollator, MatchingData, collate_images
     from trainers.models import MatchingModel, spec_of, union_of_needs
     from trainers.scoring import ensemble, score_matrix
-    from trainers.train import resolve_device
+    from itmflow.devices import resolve_device
 
     config.validate()
     console = console or Console(stderr=True)

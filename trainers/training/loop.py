@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from itmflow.config import to_dict
 from itmflow.files import atomic_write_json
 from trainers.data import MatchingData, PairCollator, EpochBatchSampler
-from trainers.train import resolve_device
+from itmflow.devices import resolve_device
 from trainers.training.config import TrainConfig, learning_rate
 from trainers.checkpoints import from_pretrained
 from trainers.training.model import build_model, check_region_policy, make_optimizer

@@ -1,4 +1,8 @@
-"""Benchmark result files: ``benchmarks/results/<area>.json`` plus a printed table."""
+"""Benchmark result files: ``benchmarks/results/<area>.json`` plus a printed table.
+
+Benchmark-only: the scripts in this folder import it as ``benchlib`` (their folder is first on
+``sys.path`` when run as ``python benchmarks/bench_<area>.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 from itmflow.provenance import library_versions, machine_info, now_iso
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def row(metric: str, value: float, unit: str, *, baseline: str | None = None,
