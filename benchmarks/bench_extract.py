@@ -22,7 +22,7 @@ detector actor and of every other process under the driver (Ray's own) is sample
 1,000 images after warm-up (least-squares slope over the samples past the first quarter of the
 images) per process kind; the target is < 20 MiB per 1,000 images.
 
-    .venv/bin/python benchmarks/bench_extract.py --soak [--soak-images 2000]
+    .venv/bin/python benchmarks/bench_extract.py --soak [--soak-images 1000]
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=500)
     parser.add_argument("--soak", action="store_true",
                         help="memory soak over random-size images instead of the speed comparison")
-    parser.add_argument("--soak-images", type=int, default=2000)
+    parser.add_argument("--soak-images", type=int, default=1000,
+                        help="about 4-5 minutes on an idle 2-core CPU box")
     parser.add_argument("--sample-every", type=int, default=50, help="images between RSS samples")
     args = parser.parse_args()
     if args.soak:
