@@ -24,6 +24,7 @@ from detectors.butd.postprocess import SELECTIONS, RegionPolicy, regions_for_ima
 from detectors.butd.preprocess import PIXEL_MEANS_BGR, batch_images
 from detectors.butd.roi_heads import RoIHeads, RoIOutputs
 from detectors.butd.rpn import RPN, RPNSettings
+from detectors.memory import release_free_heap
 from itmflow.errors import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -191,6 +192,8 @@ class BUTDDetector:
                 selection=self.settings_obj.selection)
             assert set(region) == set(REGION_KEYS)
             results.append(region)
+        del proposals, outs, images
+        release_free_heap()  # varying activation sizes fragment the heap: give free pages back
         return results
 
     def label(self, object_id: int, attr_id: int | None = None) -> str:

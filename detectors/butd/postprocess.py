@@ -7,6 +7,11 @@
 gives between ``min_boxes`` and ``max_boxes`` boxes they stay in proposal (objectness) order;
 otherwise the top ones by ``max_conf`` are taken in that order.
 
+The NMS runs on the proposals in the *original* image's frame, as ``generate_tsv.py`` does
+(``cls_boxes = rois[:, 1:5] / im_scales[0]`` before the class loop). The +1 IoU is not scale
+invariant: the same two boxes overlap 0.2945 in resized pixels at scale 2 and 0.3057 in original
+pixels, so the frame decides what the 0.3 threshold suppresses.
+
 The per-class NMS runs for all classes at once: the IoU matrix is shared, and the greedy pass walks
 the proposal ranks once over a ``[classes, proposals]`` state (no Python loop over classes; this
 loop is what made the original CPU post-processing slow).
@@ -105,7 +110,9 @@ def per_class_nms_max_conf(boxes: torch.Tensor, class_prob: torch.Tensor,
                            threshold: float) -> torch.Tensor:
     """``max_conf[n]`` = max over classes c whose greedy NMS keeps box n of ``class_prob[n, c]``.
 
-    ``boxes`` ``[N, 4]``, ``class_prob`` ``[N, C]`` (foreground classes only), +1 IoU. Exact and
+    ``boxes`` ``[N, 4]`` in the frame the NMS is defined in (for Caffe BUTD: original image
+    pixels, see :func:`regions_for_image`), ``class_prob`` ``[N, C]`` (foreground classes only),
+    +1 IoU. Exact and
     vectorised over classes. Classes that cannot raise any box above a bound it already has
     (see :func:`_guaranteed_max_conf`) are skipped: with a peaked softmax that is nearly all of
     the 1600, which is what makes this faster than one NMS call per class.
@@ -171,18 +178,25 @@ def regions_for_image(proposals: torch.Tensor, features: torch.Tensor, cls_prob:
     ``proposals`` are in resized pixels; boxes are returned in original pixels (divided by
     ``scale``). Object / attribute ids are 0-based into the VG vocabularies (background and
     "no attribute" excluded); their confidences are the 1601- / 401-way softmax values.
+
+    ``caffe``: the proposals are divided by ``scale`` *before* the per-class NMS, as in
+    ``generate_tsv.py`` (float32 division, the same rounding as numpy's), and the kept boxes are
+    those divided boxes; features stay the ones pooled from the resized-frame proposals.
+    ``maxnms`` (airsplay / HF) runs its class-agnostic NMS without +1 in the resized frame, as
+    the ports do (IoU without +1 does not depend on the frame).
     """
     if selection == "caffe":
-        max_conf = per_class_nms_max_conf(proposals, cls_prob[:, 1:], policy.nms_thresh)
+        orig_boxes = proposals.float() / scale  # generate_tsv.py: rois[:, 1:5] / im_scales[0]
+        max_conf = per_class_nms_max_conf(orig_boxes, cls_prob[:, 1:], policy.nms_thresh)
         keep = select_caffe(max_conf, policy)
-        kept_boxes = proposals[keep]
+        kept = orig_boxes[keep]
     elif selection == "maxnms":
         keep, regressed = select_maxnms(proposals, cls_prob, box_deltas, resized_size, policy)
-        kept_boxes = regressed[keep]
+        kept = regressed[keep] / scale
     else:
         raise ConfigError(f"selection {selection!r} is not one of {SELECTIONS}")
     height, width = orig_size
-    boxes = (kept_boxes / scale).cpu().numpy().astype(np.float32)
+    boxes = kept.cpu().numpy().astype(np.float32)
     obj_conf, obj_ids = cls_prob[keep, 1:].max(dim=1)
     attr_conf, attr_ids = attr_prob[keep, 1:].max(dim=1)
     return {

@@ -12,7 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectors.memory import limit_shape_caches
 from pipeline.extract.decode import DecodedBatch, Failure, decode_items, failure_reason
+
+# Read once when torch loads, so this must run before the actor imports torch: bounded oneDNN
+# per-shape caches keep a long run over varying image sizes flat (see detectors/memory.py).
+limit_shape_caches()
 
 #: Store fields a detector returns per image (the rest, image_id and file, come from the batch).
 _ARRAY_FIELDS = ("boxes", "geometry", "features", "object_ids", "object_conf", "attr_ids", "attr_conf")
