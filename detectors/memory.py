@@ -44,6 +44,12 @@ def limit_shape_caches(capacity: int = SHAPE_CACHE_CAPACITY) -> dict[str, str]:
     return {name: os.environ[name] for name in _CACHE_VARIABLES}
 
 
+def shape_cache_env(capacity: int = SHAPE_CACHE_CAPACITY) -> dict[str, str]:
+    """The cache caps as environment variables for a process about to start (a Ray actor's
+    ``runtime_env``), keeping any value the user set in this process's environment."""
+    return {name: os.environ.get(name, str(capacity)) for name in _CACHE_VARIABLES}
+
+
 def _glibc() -> ctypes.CDLL | None:
     global _libc, _libc_checked
     if not _libc_checked:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from itmflow.errors import ItmflowError, StoreError
+from detectors.memory import shape_cache_env
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.plan import (Batch, Plan, make_plan, missing_now_present, read_failures,
                                    select_images)
@@ -222,9 +223,12 @@ class _Workers:
             weights=cfg.weights, random_init=cfg.random_init, seed=cfg.seed, device=shape.device,
             regions=cfg.regions, min_size=cfg.min_size, max_size=cfg.max_size,
             precision=cfg.precision, vocab=cfg.vocab, proposals=cfg.proposals)
+        # The shape-cache caps must be in the environment before torch is imported, so the actor
+        # gets them at process start (a pooled worker that ran a decode task has torch loaded).
         self.cls = ray.remote(DetectorWorker).options(
             num_cpus=shape.num_cpus, num_gpus=shape.num_gpus, max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_TASK_RETRIES)
+            max_task_retries=MAX_TASK_RETRIES,
+            runtime_env={"env_vars": shape_cache_env()})
         self.shape = shape
         self.feature_dtype = cfg.feature_dtype
         self.actors = [self._new() for _ in range(shape.count)]
