@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from detectors.butd import build_detector
+from detectors.butd import BUTDSettings, build_detector
 from detectors.butd.box_ops import nms_legacy
 from detectors.butd.postprocess import per_class_nms_max_conf
 from detectors.butd.preprocess import prepare
@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         peak_value = max(peak.values())
         for name, value in peak.items():
             rows.append(row(f"peak {name} {precision}", value, "GFLOP/s"))
-        det = build_detector(None, random_init=True, seed=0, device=str(device), regions="36",
-                             precision=precision, post_nms_topk=proposals,
-                             pre_nms_topk=max(6000, proposals))
+        settings = BUTDSettings(regions="36", precision=precision, post_nms_topk=proposals,
+                                pre_nms_topk=max(6000, proposals))
+        det = build_detector(None, settings, random_init=True, seed=0, device=str(device))
         flops = flops_per_image(det, preps[0])
         rows.append(row(f"FLOPs per image {precision}", flops / 1e9, "GFLOP",
                         image=tuple(preps[0].tensor.shape[1:]), proposals=proposals))

@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -44,21 +45,25 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 
-def bare_loop(root: Path, files: list[str], kwargs: dict, threads: int, batch_size: int) -> float:
+if TYPE_CHECKING:
+    from detectors.butd import BUTDSettings
+
+
+def bare_loop(root: Path, files: list[str], settings: "BUTDSettings", kwargs: dict, threads: int,
+              batch_size: int) -> float:
     """Images per second of the in-process loop (detector build excluded)."""
     import torch
 
     from detectors.butd import build_detector
-    from detectors.butd.preprocess import load_image, prepare
+    from detectors.butd.preprocess import load_image
 
     torch.set_num_threads(threads)
-    detector = build_detector(**kwargs)
-    detector.detect([prepare(load_image(root / files[0]), min_size=kwargs["min_size"],
-                             max_size=kwargs["max_size"])])  # warm-up, as the actor's first call
+    detector = build_detector(settings=settings, **kwargs)
+    prepare = detector.preprocessing
+    detector.detect([prepare(load_image(root / files[0]))])  # warm-up, as the actor's first call
     start = time.perf_counter()
     for i in range(0, len(files), batch_size):
-        batch = [prepare(load_image(root / f), min_size=kwargs["min_size"], max_size=kwargs["max_size"])
-                 for f in files[i:i + batch_size]]
+        batch = [prepare(load_image(root / f)) for f in files[i:i + batch_size]]
         detector.detect(batch)
     return len(files) / (time.perf_counter() - start)
 
@@ -90,7 +95,8 @@ def soak(args: argparse.Namespace) -> None:
     import psutil
     from PIL import Image
 
-    from itmflow.bench import row, write_result
+    from benchlib import row, write_result
+    from detectors.butd import BUTDSettings
     from pipeline.collections import ImageRecord, write_collection
     from pipeline.extract import ExtractConfig, run_extract
 
@@ -134,10 +140,10 @@ def soak(args: argparse.Namespace) -> None:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=False, object_store_memory=512 * 1024**2)
         try:
-            cfg = ExtractConfig(collection=coll, out=work / "store", random_init=True, regions="10-100",
-                                min_size=args.min_size, max_size=args.max_size,
-                                proposals=args.proposals, batch_size=args.batch_size, workers=1,
-                                part_size=256)
+            settings = BUTDSettings(regions="10-100", min_size=args.min_size, max_size=args.max_size,
+                                    post_nms_topk=args.proposals)
+            cfg = ExtractConfig(collection=coll, out=work / "store", random_init=True, detector=settings,
+                                batch_size=args.batch_size, workers=1, part_size=256)
             start = time.perf_counter()
             summary = run_extract(cfg, on_batch=on_batch)
             assert summary.processed == args.soak_images and summary.failed == 0, summary
@@ -198,6 +204,7 @@ def main() -> None:
     import ray
 
     from benchlib import row, write_result
+    from detectors.butd import BUTDSettings
     from pipeline.collections import ImageRecord, write_collection
     from pipeline.extract import ExtractConfig, run_extract
     from pipeline.extract.worker import detector_kwargs
@@ -211,11 +218,11 @@ def main() -> None:
         records = [ImageRecord(f"{Path(f).stem}-{i}", f, "train") for i, f in enumerate(files)]
         coll = write_collection(work / "c.parquet", records, [], source_format="folder", images_root=root)
         cpus = os.cpu_count() or 2
-        kwargs = detector_kwargs(weights=None, random_init=True, seed=0, device="cpu", regions="36",
-                                 min_size=args.min_size, max_size=args.max_size, precision="fp32",
-                                 vocab=None, proposals=args.proposals)
+        settings = BUTDSettings(regions="36", min_size=args.min_size, max_size=args.max_size,
+                                precision="fp32", post_nms_topk=args.proposals)
+        kwargs = detector_kwargs(weights=None, random_init=True, seed=0, device="cpu", vocab=None)
         load_before = os.getloadavg()[0]
-        bare = bare_loop(root, files, kwargs, threads=cpus, batch_size=args.batch_size)
+        bare = bare_loop(root, files, settings, kwargs, threads=cpus, batch_size=args.batch_size)
 
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=False, object_store_memory=512 * 1024**2)
@@ -223,8 +230,7 @@ def main() -> None:
         try:
             for workers in (1, 2):
                 cfg = ExtractConfig(collection=coll, out=work / f"store{workers}", random_init=True,
-                                    regions="36", min_size=args.min_size, max_size=args.max_size,
-                                    proposals=args.proposals, batch_size=args.batch_size,
+                                    detector=settings, batch_size=args.batch_size,
                                     workers=workers, part_size=64)
                 summary = run_extract(cfg)
                 assert summary.processed == len(files) and summary.failed == 0

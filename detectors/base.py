@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from itmflow.errors import InputFileError
 from itmflow.files import sha256_file
+from itmflow.regions import DETECTED_FIELDS, DetectedRegions
 
 if TYPE_CHECKING:  # torch stays an import-time-free dependency of this module
     import torch
 
-#: Keys of the region dict returned by :meth:`Detector.detect` (the store field names).
-REGION_KEYS = ("boxes", "geometry", "features", "object_ids", "object_conf", "attr_ids",
-               "attr_conf", "num_regions", "width", "height")
+#: Keys of the region dict returned by :meth:`Detector.detect` (the store field names, defined
+#: once in :mod:`itmflow.regions`).
+REGION_KEYS = DETECTED_FIELDS
 
 OBJECTS_FILE = "objects_vocab.txt"
 ATTRIBUTES_FILE = "attributes_vocab.txt"
@@ -55,7 +56,7 @@ class Detector(Protocol):
         """Every setting that changes the output (recorded in store manifests)."""
         ...
 
-    def detect(self, batch: list[PreparedImage]) -> list[dict[str, Any]]:
+    def detect(self, batch: list[PreparedImage]) -> list[DetectedRegions]:
         """One region dict per image, keys :data:`REGION_KEYS`, numpy values."""
         ...
 

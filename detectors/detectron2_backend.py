@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from detectors.base import PreparedImage, VGVocab
-from detectors.butd.postprocess import RegionPolicy, regions_for_image
+from detectors.butd.postprocess import regions_for_image
+from itmflow.regions import RegionPolicy
 from detectors.butd.preprocess import batch_images
 from itmflow.errors import ConfigError
 from itmflow.files import sha256_file
@@ -61,7 +62,7 @@ class Detectron2Detector:
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the output."""
         return {"name": self.name, "config_file": Path(self.config_file).name,
-                "region_policy": self.policy.as_dict(),
+                "region_policy": self.policy.to_manifest(),
                 "post_nms_topk": int(self.cfg.MODEL.RPN.POST_NMS_TOPK_TEST)}
 
     @torch.no_grad()

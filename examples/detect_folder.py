@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from detectors.butd import BUTDSettings
 from pipeline.collections.folder import scan_images
 from pipeline.detect import DetectConfig, detect
 from stores import RegionStoreWriter
@@ -32,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     files = scan_images(args.folder)
+    settings = BUTDSettings(regions=args.regions, min_size=args.min_size, max_size=args.max_size,
+                            pre_nms_topk=max(6000, args.proposals), post_nms_topk=args.proposals)
     result = detect(DetectConfig(images=[args.folder / f for f in files], weights=args.weights,
-                                 random_init=args.random_init, regions=args.regions,
-                                 min_size=args.min_size, max_size=args.max_size,
-                                 proposals=args.proposals))
+                                 random_init=args.random_init, detector=settings))
     detector = result.detector
     settings = detector.settings()
     meta = {"name": detector.name, "settings": settings,

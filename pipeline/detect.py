@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detectors.butd.settings import BUTDSettings
 from itmflow.errors import ConfigError
+from itmflow.regions import DetectedRegions
 
 if TYPE_CHECKING:
     from detectors.butd.model import BUTDDetector
@@ -39,16 +41,10 @@ class DetectConfig:
     vocab: PathLike | None = None
     """Directory with objects_vocab.txt and attributes_vocab.txt (default: next to the weights,
     else the shipped VG lists)."""
-    regions: str = "36"
-    """Fixed K (36) or adaptive MIN-MAX (10-100)."""
-    selection: str = "caffe"
-    """caffe (generate_tsv.py, proposal boxes) or maxnms (airsplay/HF, regressed boxes)."""
+    detector: BUTDSettings = field(default_factory=BUTDSettings)
+    """Everything that changes the regions: ``regions`` (fixed K 36 or adaptive MIN-MAX 10-100),
+    ``selection`` (caffe or maxnms), ``precision``, ``min_size`` / ``max_size``, proposals."""
     device: str = "cpu"
-    precision: str = "fp32"
-    min_size: int = 600
-    max_size: int = 1000
-    proposals: int = 300
-    """RPN proposals kept after NMS."""
     out: PathLike | None = None
     """Write ``{image stem}.npz`` per image (store field names)."""
     visualize: PathLike | None = None
@@ -61,6 +57,7 @@ class DetectConfig:
                 raise ConfigError(f"{path} and {stems[path.stem]} have the same stem {path.stem!r}; "
                                   "their output files would collide: rename one or run them separately")
             stems[path.stem] = path
+        self.detector.validate()
         return self
 
 
@@ -70,7 +67,7 @@ class ImageRegions:
     region store row), or why it could not be read."""
 
     path: Path
-    regions: dict[str, Any] | None = None
+    regions: DetectedRegions | None = None
     error: str | None = None
 
 
@@ -93,18 +90,14 @@ def detect(config: DetectConfig) -> DetectResult:
     import numpy as np
 
     from detectors.butd import build_detector
-    from detectors.butd.preprocess import load_image, prepare
+    from detectors.butd.preprocess import load_image
     from detectors.visualize import save_regions_png
     from itmflow.errors import ImageDecodeError
     from itmflow.files import atomic_write_bytes
 
     config.validate()
-    detector = build_detector(config.weights, random_init=config.random_init, seed=config.seed,
-                              device=config.device, regions=config.regions,
-                              min_size=config.min_size, max_size=config.max_size,
-                              precision=config.precision, vocab_dir=config.vocab,
-                              selection=config.selection, post_nms_topk=config.proposals,
-                              pre_nms_topk=max(6000, config.proposals))
+    detector = build_detector(config.weights, config.detector, random_init=config.random_init,
+                              seed=config.seed, device=config.device, vocab_dir=config.vocab)
     source = "RANDOM WEIGHTS (seed %d)" % config.seed if config.random_init else \
         f"{detector.weights_file} ({detector.weights_layout}, sha256 {detector.weights_sha256[:12]}…)"
     result = DetectResult(detector=detector, source=source)
@@ -116,8 +109,7 @@ def detect(config: DetectConfig) -> DetectResult:
         except ImageDecodeError as exc:
             result.images.append(ImageRegions(path, error=str(exc)))
             continue
-        region = detector.detect([prepare(rgb, min_size=config.min_size,
-                                          max_size=config.max_size)])[0]
+        region = detector.detect([detector.preprocessing(rgb)])[0]
         result.images.append(ImageRegions(path, regions=region))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

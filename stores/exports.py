@@ -107,8 +107,9 @@ def _export_scan(reader: RegionStoreReader, ids: list[str], wanted: set[str] | N
                  progress: Callable[[int], None] | None) -> int:
     k = reader.fixed_k
     if k is None:
+        policy = reader.settings.region_policy.to_manifest()
         raise StoreError(f"{reader.path}: the store has a variable number of regions per image (region policy "
-                         f"{reader.settings.region_policy}); scan-precomp holds one fixed-shape [N, K, D] array. "
+                         f"{policy}); scan-precomp holds one fixed-shape [N, K, D] array. "
                          "Export to tern, butd-tsv or milvlg-npz, or extract with a fixed K (--regions 36)")
     lines: list[str] = []
     if caps is not None:

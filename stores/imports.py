@@ -27,11 +27,10 @@ import numpy as np
 from itmflow.errors import InputFileError, ItmflowError, StoreError
 from itmflow.safe_pickle import restricted_load
 from stores.exports import EXPORT_FORMATS
-from stores.schema import REGION_FIELDS, geometry_from_boxes
+from stores.schema import LABEL_FIELDS, REGION_FIELDS, RegionPolicy, geometry_from_boxes
 from stores.writer import DEFAULT_ROWS_PER_PART, RegionStoreWriter
 
 IMPORT_FORMATS = EXPORT_FORMATS
-LABEL_FIELDS = ("object_ids", "object_conf", "attr_ids", "attr_conf")
 #: SCAN split names -> collection split names.
 SCAN_TO_COLLECTION_SPLIT = {"train": "train", "restval": "restval", "dev": "val", "val": "val", "test": "test",
                             "testall": "test"}
@@ -51,12 +50,12 @@ class ImportSource:
     captions: list[tuple[str, str, str]] | None = None  # (caption_id, image_id, raw)
 
     @property
-    def region_policy(self) -> dict[str, Any]:
+    def region_policy(self) -> RegionPolicy:
         """``fixed`` K when all images agree, else ``variable`` with the observed range."""
         lo, hi = (min(self.counts), max(self.counts)) if self.counts else (0, 0)
         if lo == hi and lo > 0:
-            return {"kind": "fixed", "k": lo}
-        return {"kind": "variable", "min": lo, "max": hi}
+            return RegionPolicy.fixed(lo)
+        return RegionPolicy.variable(lo, hi)
 
     @property
     def detector(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Region store contract v1: field names, dtypes, manifest constants and row validation.
+"""Region store contract v1: field names, dtypes, region policy, manifest constants and row validation.
 
 Everything that decides what a valid row is lives here, so the Parquet and HDF5 part writers, the
-readers, verify and the importers agree on one definition.
+readers, verify and the importers agree on one definition. The names that detectors share with
+stores (fields, storages, feature dtypes, :class:`RegionPolicy`, the row types) are defined once in
+:mod:`itmflow.regions`, because detectors may not import stores, and re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from itmflow.errors import StoreError
+from itmflow.regions import (ALL_FIELDS, ARRAY_FIELDS, DEFAULT_CONF, DETECTED_FIELDS, FEATURE_DTYPES, FEATURES,
+                             LABEL_FIELDS, POLICY_KINDS, STORAGES, STRING_FIELDS, DetectedRegions, RegionPolicy,
+                             RegionRow)
+from itmflow.regions import REGION_FIELDS as _REGIONS
+from itmflow.regions import SCALAR_FIELDS as _SCALARS
 
 FORMAT = "itmflow.regions"
 SCHEMA_VERSION = 1
@@ -21,32 +28,13 @@ FAILURES_NAME = "failures.jsonl"
 #: Held (flock) by the one process writing the store; see stores/lock.py. Not part of the data.
 LOCK_NAME = "writer.lock"
 PART_PREFIX = "part-"
-#: storage name -> part file suffix
-STORAGES: dict[str, str] = {"parquet": ".parquet", "hdf5": ".h5"}
-FEATURE_DTYPES: tuple[str, ...] = ("float16", "float32")
-#: Region-policy kinds. ``fixed``: every row has exactly ``k`` regions (detector, 36 boxes).
-#: ``adaptive``: the BUTD 10-100 rule. ``variable``: imported features whose K varies.
-POLICY_KINDS: tuple[str, ...] = ("fixed", "adaptive", "variable")
-
-#: Per-image scalars and their stored dtypes.
-SCALAR_FIELDS: dict[str, np.dtype] = {
-    "width": np.dtype(np.int32),
-    "height": np.dtype(np.int32),
-    "num_regions": np.dtype(np.int16),
-}
-#: Per-region arrays other than the features: dtype and trailing width (None = one value per region).
+#: Dtypes of the per-image scalars, as numpy dtypes (names and dtypes: :mod:`itmflow.regions`).
+SCALAR_FIELDS: dict[str, np.dtype] = {name: np.dtype(t) for name, t in _SCALARS.items()}
+#: Per-region arrays other than the features: numpy dtype and trailing width (None = one value per region).
 REGION_FIELDS: dict[str, tuple[np.dtype, int | None]] = {
-    "boxes": (np.dtype(np.float32), 4),
-    "geometry": (np.dtype(np.float32), 5),
-    "object_ids": (np.dtype(np.int16), None),
-    "object_conf": (np.dtype(np.float32), None),
-    "attr_ids": (np.dtype(np.int16), None),
-    "attr_conf": (np.dtype(np.float32), None),
-}
+    name: (np.dtype(t), width) for name, (t, width) in _REGIONS.items()}
 #: Fields a store may declare absent (imported features whose source has no boxes or labels).
 OPTIONAL_FIELDS: tuple[str, ...] = tuple(REGION_FIELDS)
-STRING_FIELDS: tuple[str, ...] = ("image_id", "file")
-ALL_FIELDS: tuple[str, ...] = STRING_FIELDS + tuple(SCALAR_FIELDS) + tuple(REGION_FIELDS) + ("features",)
 
 _PART_RE = re.compile(r"^part-(\d{5,})\.(parquet|h5)$")
 
@@ -74,7 +62,8 @@ class StoreSettings:
     storage: str = "parquet"
     feature_dim: int = 2048
     feature_dtype: str = "float16"
-    region_policy: dict[str, Any] = field(default_factory=lambda: {"kind": "fixed", "k": 36})
+    region_policy: RegionPolicy = field(default_factory=RegionPolicy)
+    """A :class:`RegionPolicy`; a manifest record (mapping) is accepted and converted."""
     detector: dict[str, Any] = field(default_factory=dict)
     absent_fields: tuple[str, ...] = ()
 
@@ -85,11 +74,7 @@ class StoreSettings:
             raise StoreError(f"feature_dtype {self.feature_dtype!r} is unknown; use float16 or float32")
         if not isinstance(self.feature_dim, int) or self.feature_dim <= 0:
             raise StoreError(f"feature_dim must be a positive integer, got {self.feature_dim!r}")
-        kind = self.region_policy.get("kind")
-        if kind not in POLICY_KINDS:
-            raise StoreError(f"region_policy kind {kind!r} is unknown; use one of {POLICY_KINDS}")
-        if kind == "fixed" and not (isinstance(self.region_policy.get("k"), int) and self.region_policy["k"] > 0):
-            raise StoreError(f"region_policy {self.region_policy} needs a positive integer 'k'")
+        object.__setattr__(self, "region_policy", RegionPolicy.from_manifest(self.region_policy))
         bad = set(self.absent_fields) - set(OPTIONAL_FIELDS)
         if bad:
             raise StoreError(f"absent_fields {sorted(bad)} cannot be absent; only {OPTIONAL_FIELDS} may be")
@@ -98,15 +83,12 @@ class StoreSettings:
     @property
     def fixed_k(self) -> int | None:
         """K when every row has the same number of regions, else None."""
-        return int(self.region_policy["k"]) if self.region_policy["kind"] == "fixed" else None
+        return self.region_policy.fixed_k
 
     @property
     def max_k(self) -> int | None:
         """Upper bound on K from the policy (None when unbounded)."""
-        if self.fixed_k is not None:
-            return self.fixed_k
-        value = self.region_policy.get("max")
-        return int(value) if value is not None else None
+        return self.region_policy.max_k
 
     @property
     def dtype(self) -> np.dtype:
@@ -120,14 +102,14 @@ class StoreSettings:
     def to_manifest(self) -> dict[str, Any]:
         """The manifest keys these settings own."""
         return {"storage": self.storage, "feature_dim": self.feature_dim,
-                "feature_dtype": self.feature_dtype, "region_policy": dict(self.region_policy),
+                "feature_dtype": self.feature_dtype, "region_policy": self.region_policy.to_manifest(),
                 "detector": dict(self.detector), "absent_fields": list(self.absent_fields)}
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> "StoreSettings":
         """Settings recorded in a manifest."""
         return cls(storage=manifest["storage"], feature_dim=int(manifest["feature_dim"]),
-                   feature_dtype=manifest["feature_dtype"], region_policy=dict(manifest["region_policy"]),
+                   feature_dtype=manifest["feature_dtype"], region_policy=RegionPolicy.from_manifest(manifest["region_policy"]),
                    detector=dict(manifest.get("detector") or {}),
                    absent_fields=tuple(manifest.get("absent_fields") or ()))
 
@@ -159,7 +141,7 @@ def _as_int(value: Any, name: str, where: str) -> int:
     return out
 
 
-def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str = "row") -> dict[str, Any]:
+def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str = "row") -> RegionRow:
     """Check ``row`` against the contract and return it normalised (stored dtypes, C-contiguous).
 
     Float32 features are cast to the store's feature dtype. Raises :class:`StoreError` naming the
@@ -173,7 +155,7 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
     file = row.get("file")
     if not isinstance(file, str):
         raise StoreError(f"{where}: field 'file' must be a string (path relative to the collection root)")
-    feats = row.get("features")
+    feats = row.get(FEATURES)
     if feats is None:
         raise StoreError(f"{where}: field 'features' is missing")
     feats = np.asarray(feats)
@@ -199,7 +181,7 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
         bad = int(np.argwhere(~np.isfinite(stored))[0][0])
         raise StoreError(f"{where}: features of region {bad} are not finite (NaN/inf, or too large for "
                          f"{settings.feature_dtype}); fix the extractor or store float32")
-    out: dict[str, Any] = {"image_id": image_id, "file": file}
+    out: dict[str, Any] = {"image_id": image_id, "file": file}  # a RegionRow once complete
     for name, dtype in SCALAR_FIELDS.items():
         value = k if name == "num_regions" else row.get(name)
         if value is None:
@@ -223,5 +205,12 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
         if dtype.kind == "i" and arr.dtype.kind == "f":
             raise StoreError(f"{where}: field {name!r} must hold integers, got {arr.dtype}")
         out[name] = np.ascontiguousarray(arr, dtype=dtype)
-    out["features"] = stored
-    return out
+    out[FEATURES] = stored
+    return out  # type: ignore[return-value]
+
+
+__all__ = ["ALL_FIELDS", "ARRAY_FIELDS", "DEFAULT_CONF", "DETECTED_FIELDS", "FAILURES_NAME", "FEATURES",
+           "FEATURE_DTYPES", "FORMAT", "LABEL_FIELDS", "LOCK_NAME", "MANIFEST_NAME", "OPTIONAL_FIELDS",
+           "PART_PREFIX", "POLICY_KINDS", "REGION_FIELDS", "SCALAR_FIELDS", "SCHEMA_VERSION", "STORAGES",
+           "STRING_FIELDS", "DetectedRegions", "RegionPolicy", "RegionRow", "StoreSettings", "all_finite",
+           "geometry_from_boxes", "is_part_name", "is_temp_name", "part_name", "validate_row"]

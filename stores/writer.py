@@ -29,7 +29,7 @@ from stores import hdf5_part, parquet_part
 from stores.block import Block
 from stores.lock import StoreLock
 from stores.manifest import load_manifest, manifest_path, new_manifest, save_manifest, settings_mismatch
-from stores.schema import (FAILURES_NAME, MANIFEST_NAME, StoreSettings, is_part_name, is_temp_name,
+from stores.schema import (FAILURES_NAME, MANIFEST_NAME, RegionPolicy, StoreSettings, is_part_name, is_temp_name,
                            part_name, validate_row)
 
 DEFAULT_ROWS_PER_PART = 512
@@ -102,13 +102,13 @@ class RegionStoreWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, storage: str = "parquet", feature_dim: int = 2048,
-                 feature_dtype: str = "float16", region_policy: Mapping[str, Any] | None = None,
+                 feature_dtype: str = "float16", region_policy: RegionPolicy | Mapping[str, Any] | None = None,
                  detector: Mapping[str, Any] | None = None, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                  extra: Mapping[str, Any] | None = None, absent_fields: tuple[str, ...] | list[str] = (),
                  row_group_rows: int | None = None) -> None:
         self.path = Path(path)
         self.settings = StoreSettings(storage=storage, feature_dim=feature_dim, feature_dtype=feature_dtype,
-                                      region_policy=dict(region_policy or {"kind": "fixed", "k": 36}),
+                                      region_policy=RegionPolicy.from_manifest(region_policy or RegionPolicy()),
                                       detector=_jsonable(dict(detector or {})),
                                       absent_fields=tuple(absent_fields))
         if rows_per_part < 1:

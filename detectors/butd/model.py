@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,59 +21,32 @@ from torch import nn
 
 from detectors.base import REGION_KEYS, PreparedImage, VGVocab
 from detectors.butd.backbone import ResNetC4
-from detectors.butd.postprocess import SELECTIONS, RegionPolicy, regions_for_image
-from detectors.butd.preprocess import PIXEL_MEANS_BGR, batch_images
+from detectors.butd.postprocess import regions_for_image
+from detectors.butd.preprocess import PIXEL_MEANS_BGR, Preprocessing, batch_images
 from detectors.butd.roi_heads import RoIHeads, RoIOutputs
 from detectors.butd.rpn import RPN, RPNSettings
+from detectors.butd.settings import BUTDSettings
+from detectors.butd.weights import ANCHOR_KEY, LoadedWeights, load_checkpoint
 from detectors.memory import release_free_heap
 from itmflow.errors import ConfigError
+from itmflow.regions import DetectedRegions
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Autocast dtype of each of :data:`detectors.butd.settings.PRECISIONS` (None: plain fp32).
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DETECTOR_NAME = "butd-r101-vg"
-
-
-@dataclass
-class BUTDSettings:
-    """Everything that changes the detector's output (defaults: the Caffe BUTD test settings)."""
-
-    min_size: int = 600
-    max_size: int = 1000
-    regions: str = "36"
-    selection: str = "caffe"
-    pre_nms_topk: int = 6000
-    post_nms_topk: int = 300
-    rpn_nms_thresh: float = 0.7
-    rpn_min_size: float = 16.0
-    class_nms_thresh: float = 0.3
-    conf_thresh: float = 0.2
-    precision: str = "fp32"
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first impossible value."""
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection {self.selection!r} is not one of {SELECTIONS}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {tuple(PRECISIONS)}")
-        if not 0 < self.min_size <= self.max_size:
-            raise ConfigError(f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
-        if self.post_nms_topk < 1 or self.pre_nms_topk < self.post_nms_topk:
-            raise ConfigError("need 1 <= post_nms_topk <= pre_nms_topk, got "
-                              f"{self.post_nms_topk}, {self.pre_nms_topk}")
-        self.policy()
-
-    def policy(self) -> RegionPolicy:
-        """The region policy these settings describe."""
-        base = RegionPolicy.parse(self.regions)
-        return RegionPolicy(base.min_boxes, base.max_boxes, self.conf_thresh, self.class_nms_thresh)
 
 
 class BUTDModel(nn.Module):
     """ResNet-101 C4 Faster R-CNN with the VG attribute head; canonical state-dict keys."""
 
-    def __init__(self, rpn_settings: RPNSettings | None = None, objectness: str = "sigmoid") -> None:
+    def __init__(self, settings: BUTDSettings | None = None, objectness: str = "sigmoid") -> None:
         super().__init__()
+        self.settings = settings or BUTDSettings()
+        s = self.settings
+        rpn = RPNSettings(pre_nms_topk=s.pre_nms_topk, post_nms_topk=s.post_nms_topk,
+                          nms_thresh=s.rpn_nms_thresh, min_size=s.rpn_min_size)
         self.backbone = ResNetC4()
-        self.proposal_generator = RPN(self.backbone.out_channels, 512, objectness, rpn_settings)
+        self.proposal_generator = RPN(self.backbone.out_channels, 512, objectness, rpn)
         self.roi_heads = RoIHeads(res5_dilation=2)
 
     @torch.no_grad()
@@ -134,13 +108,15 @@ class BUTDDetector:
 
     name = DETECTOR_NAME
 
-    def __init__(self, model: BUTDModel, settings: BUTDSettings, *, device: str = "cpu",
+    def __init__(self, model: BUTDModel, *, device: str = "cpu",
                  weights_file: str | None = None, weights_sha256: str | None = None,
                  weights_layout: str | None = None, vocab: VGVocab | None = None,
                  random_init: bool = False, seed: int | None = None) -> None:
-        settings.validate()
-        self.settings_obj = settings
-        self.policy = settings.policy()
+        #: The settings the model was built from (one object: the RPN reads the same one).
+        self.config: BUTDSettings = model.settings.validate()
+        self.policy = self.config.policy()
+        #: The image preparation this detector expects (picklable: hand it to decode tasks).
+        self.preprocessing: Preprocessing = self.config.preprocessing()
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.weights_file = weights_file
@@ -149,29 +125,26 @@ class BUTDDetector:
         self.vocab = vocab
         self.random_init = random_init
         self.seed = seed
-        rpn = self.model.proposal_generator.settings
-        rpn.pre_nms_topk, rpn.post_nms_topk = settings.pre_nms_topk, settings.post_nms_topk
-        rpn.nms_thresh, rpn.min_size = settings.rpn_nms_thresh, settings.rpn_min_size
 
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the output (for store manifests)."""
-        out = asdict(self.settings_obj)
+        out = asdict(self.config)
         out.update(name=self.name, backbone="resnet101-c4 caffe", pixel_means_bgr=list(PIXEL_MEANS_BGR),
                    roi_pool=14, res5="stride1-dilation2", box_coding="legacy+1",
-                   region_policy=self.policy.as_dict(), weights_layout=self.weights_layout,
+                   region_policy=self.policy.to_manifest(), weights_layout=self.weights_layout,
                    random_init=self.random_init)
         if self.random_init:
             out["seed"] = self.seed
         return out
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISIONS[self.settings_obj.precision]
+        dtype = PRECISION_DTYPES[self.config.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def detect(self, batch: list[PreparedImage]) -> list[dict[str, Any]]:
+    def detect(self, batch: list[PreparedImage]) -> list[DetectedRegions]:
         """One region dict per prepared image (keys :data:`detectors.base.REGION_KEYS`)."""
         if not batch:
             return []
@@ -189,7 +162,7 @@ class BUTDDetector:
                 proposals[i].float(), outs.features[sl], outs.cls_prob[sl], outs.box_deltas[sl],
                 outs.attr_prob[sl], scale=prep.scale, resized_size=sizes[i],
                 orig_size=(prep.orig_height, prep.orig_width), policy=self.policy,
-                selection=self.settings_obj.selection)
+                selection=self.config.selection, nms_thresh=self.config.class_nms_thresh)
             assert set(region) == set(REGION_KEYS)
             results.append(region)
         del proposals, outs, images
@@ -205,43 +178,52 @@ class BUTDDetector:
         return f"{attr} {obj}"
 
 
-def build_detector(weights: str | None, *, random_init: bool = False, seed: int = 0,
-                   device: str = "cpu", regions: str = "36", min_size: int = 600,
-                   max_size: int = 1000, precision: str = "fp32",
-                   vocab_dir: str | Path | None = None, selection: str = "caffe",
-                   pre_nms_topk: int = 6000, post_nms_topk: int = 300) -> BUTDDetector:
+def load_butd_weights(spec: str | os.PathLike[str], model_state: dict[str, torch.Tensor] | None = None,
+                      *, box_weights: tuple[float, float, float, float] | None = None) -> LoadedWeights:
+    """Read a MILVLG ``.pth`` / airsplay ``.pkl`` / HF directory and map it to canonical keys.
+
+    ``model_state`` (a canonical ``state_dict()``) is what the keys and shapes are checked against;
+    by default a fresh :class:`BUTDModel`'s. ``box_weights`` overrides the detectron2 box weights
+    assumed for airsplay / bare HF files. (:func:`detectors.butd.weights.load_checkpoint` does the
+    work; it lives there without the model so that the two modules do not import each other.)
+    """
+    if model_state is None:
+        model_state = BUTDModel().state_dict()
+    return load_checkpoint(spec, model_state, box_weights=box_weights)
+
+
+def build_detector(weights: str | None, settings: BUTDSettings | None = None, *,
+                   random_init: bool = False, seed: int = 0, device: str = "cpu",
+                   vocab_dir: str | Path | None = None) -> BUTDDetector:
     """Build the detector from a checkpoint (path, URL or hub id) or with seeded random weights.
 
-    The VG vocabulary is read from ``vocab_dir``, else from the weights' directory (a checkpoint's
-    own lists win), else the 1600/400 lists shipped with the package are used.
+    ``settings`` (default: the Caffe BUTD test settings) is everything that changes the output;
+    the model is built from it. The VG vocabulary is read from ``vocab_dir``, else from the
+    weights' directory (a checkpoint's own lists win), else the 1600/400 lists shipped with the
+    package are used.
     """
     if (weights is None) == (not random_init):
         raise ConfigError("give exactly one of a weights path (--weights) or random_init "
                           "(--random-init)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but torch sees no CUDA device; use --device cpu")
-    settings = BUTDSettings(min_size=min_size, max_size=max_size, regions=str(regions),
-                            selection=selection, pre_nms_topk=pre_nms_topk,
-                            post_nms_topk=post_nms_topk, precision=precision)
-    settings.validate()
-    model = BUTDModel()
+    settings = (settings or BUTDSettings()).validate()
+    model = BUTDModel(settings)
     if random_init:
         random_init_(model, seed)
         file = sha = layout = None
         weights_dir = None
     else:
-        from detectors.butd.weights import load_butd_weights
-
-        loaded = load_butd_weights(weights, model.state_dict())
+        loaded = load_checkpoint(weights, model.state_dict())
         missing, unexpected = model.load_state_dict(loaded.state_dict, strict=False)
-        # strictness was enforced by load_butd_weights; only the optional anchor table may be absent
-        assert not unexpected and set(missing) <= {"proposal_generator.anchor_generator.cell_anchors.0"}
+        # strictness was enforced by load_checkpoint; only the optional anchor table may be absent
+        assert not unexpected and set(missing) <= {ANCHOR_KEY}
         file, sha, layout = loaded.path.name, loaded.sha256, loaded.layout
         weights_dir = loaded.directory
     if vocab_dir is not None:
         vocab = VGVocab.load(vocab_dir)
     else:
         vocab = VGVocab.find(weights_dir) or VGVocab.shipped()
-    return BUTDDetector(model, settings, device=device, weights_file=file, weights_sha256=sha,
+    return BUTDDetector(model, device=device, weights_file=file, weights_sha256=sha,
                         weights_layout=layout, vocab=vocab, random_init=random_init,
                         seed=seed if random_init else None)

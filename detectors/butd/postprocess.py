@@ -23,49 +23,14 @@ top ``max_boxes``; features stay those of the proposals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
 from torchvision.ops import nms
 
 from detectors.butd.box_ops import decode_legacy, iou_legacy
 from itmflow.errors import ConfigError
-
-SELECTIONS = ("caffe", "maxnms")
-
-
-@dataclass(frozen=True)
-class RegionPolicy:
-    """How many regions to keep: fixed K (min = max) or adaptive min–max with a confidence bar."""
-
-    min_boxes: int = 36
-    max_boxes: int = 36
-    conf_thresh: float = 0.2
-    nms_thresh: float = 0.3
-
-    @classmethod
-    def parse(cls, text: str | int) -> "RegionPolicy":
-        """``"36"`` → fixed 36; ``"10-100"`` → adaptive 10 to 100."""
-        s = str(text).strip()
-        try:
-            if "-" in s:
-                lo, hi = (int(v) for v in s.split("-", 1))
-            else:
-                lo = hi = int(s)
-        except ValueError:
-            raise ConfigError(f"regions {text!r} is not 'K' or 'MIN-MAX' (e.g. 36 or 10-100)") from None
-        if lo < 1 or hi < lo:
-            raise ConfigError(f"regions {text!r}: need 1 <= MIN <= MAX")
-        return cls(min_boxes=lo, max_boxes=hi)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The store manifest's region-policy record."""
-        if self.min_boxes == self.max_boxes:
-            return {"kind": "fixed", "k": self.min_boxes}
-        return {"kind": "adaptive", "min": self.min_boxes, "max": self.max_boxes,
-                "conf": self.conf_thresh}
+from detectors.butd.settings import SELECTIONS
+from itmflow.regions import DetectedRegions, RegionPolicy
 
 
 def _guaranteed_max_conf(overlaps: torch.Tensor, class_prob: torch.Tensor,
@@ -134,10 +99,10 @@ def per_class_nms_max_conf(boxes: torch.Tensor, class_prob: torch.Tensor,
 def select_caffe(max_conf: torch.Tensor, policy: RegionPolicy) -> torch.Tensor:
     """Indices of the kept regions with ``generate_tsv.py``'s threshold / clamp / ordering rule."""
     keep = torch.nonzero(max_conf >= policy.conf_thresh).flatten()
-    if policy.min_boxes <= len(keep) <= policy.max_boxes:
+    if policy.min_regions <= len(keep) <= policy.max_regions:
         return keep  # proposal (objectness) order
     order = torch.sort(max_conf, descending=True, stable=True).indices
-    limit = policy.min_boxes if len(keep) < policy.min_boxes else policy.max_boxes
+    limit = policy.min_regions if len(keep) < policy.min_regions else policy.max_regions
     return order[:limit]
 
 
@@ -156,9 +121,9 @@ def select_maxnms(proposals: torch.Tensor, cls_prob: torch.Tensor, box_deltas: t
     keep = torch.zeros(0, dtype=torch.long)
     for thresh in np.arange(0.3, 1.0, 0.1):
         keep = nms(boxes, scores, float(thresh))
-        if len(keep) >= policy.min_boxes:
+        if len(keep) >= policy.min_regions:
             break
-    return keep[: policy.max_boxes], boxes
+    return keep[: policy.max_regions], boxes
 
 
 def geometry(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -172,12 +137,14 @@ def geometry(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 def regions_for_image(proposals: torch.Tensor, features: torch.Tensor, cls_prob: torch.Tensor,
                       box_deltas: torch.Tensor, attr_prob: torch.Tensor, *, scale: float,
                       resized_size: tuple[int, int], orig_size: tuple[int, int],
-                      policy: RegionPolicy, selection: str = "caffe") -> dict[str, Any]:
+                      policy: RegionPolicy, selection: str = "caffe",
+                      nms_thresh: float = 0.3) -> DetectedRegions:
     """Select one image's regions and build its region dict (store field names, numpy values).
 
     ``proposals`` are in resized pixels; boxes are returned in original pixels (divided by
     ``scale``). Object / attribute ids are 0-based into the VG vocabularies (background and
     "no attribute" excluded); their confidences are the 1601- / 401-way softmax values.
+    ``nms_thresh`` is the per-class NMS IoU of the ``caffe`` selection.
 
     ``caffe``: the proposals are divided by ``scale`` *before* the per-class NMS, as in
     ``generate_tsv.py`` (float32 division, the same rounding as numpy's), and the kept boxes are
@@ -187,7 +154,7 @@ def regions_for_image(proposals: torch.Tensor, features: torch.Tensor, cls_prob:
     """
     if selection == "caffe":
         orig_boxes = proposals.float() / scale  # generate_tsv.py: rois[:, 1:5] / im_scales[0]
-        max_conf = per_class_nms_max_conf(orig_boxes, cls_prob[:, 1:], policy.nms_thresh)
+        max_conf = per_class_nms_max_conf(orig_boxes, cls_prob[:, 1:], nms_thresh)
         keep = select_caffe(max_conf, policy)
         kept = orig_boxes[keep]
     elif selection == "maxnms":
@@ -213,5 +180,5 @@ def regions_for_image(proposals: torch.Tensor, features: torch.Tensor, cls_prob:
     }
 
 
-__all__ = ["RegionPolicy", "SELECTIONS", "geometry", "per_class_nms_max_conf",
+__all__ = ["SELECTIONS", "geometry", "per_class_nms_max_conf",
            "regions_for_image", "select_caffe", "select_maxnms"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ from itmflow.errors import ImageDecodeError
 PIXEL_MEANS_BGR = (102.9801, 115.9465, 122.7717)
 MIN_RESIZED_SIDE = 8
 
-__all__ = ["PIXEL_MEANS_BGR", "PreparedImage", "batch_images", "compute_scale", "load_image",
-           "prepare", "to_rgb"]
+__all__ = ["PIXEL_MEANS_BGR", "PreparedImage", "Preprocessing", "batch_images", "compute_scale",
+           "load_image", "prepare", "to_rgb"]
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -109,6 +110,26 @@ def prepare(rgb: np.ndarray, *, min_size: int = 600, max_size: int = 1000) -> Pr
     # OpenCV's INTER_LINEAR grid for fx = fy = s (F.interpolate(size=...) would use in/out ratios)
     resized = torch.ops.aten.upsample_bilinear2d(bgr[None], [out_h, out_w], False, scale, scale)[0]
     return PreparedImage(tensor=resized.contiguous(), scale=scale, orig_height=h, orig_width=w)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A detector's image preparation: :func:`prepare` with its ``min_size`` / ``max_size``.
+
+    Small, frozen and picklable, so a Ray decode task runs exactly the preparation the detector
+    was built for (get it from the detector or its settings, never build the sizes twice).
+    """
+
+    min_size: int = 600
+    max_size: int = 1000
+
+    def __call__(self, rgb: np.ndarray) -> PreparedImage:
+        """``uint8 [H, W, 3]`` RGB → the prepared image (CPU only)."""
+        return prepare(rgb, min_size=self.min_size, max_size=self.max_size)
+
+    def prepare(self, rgb: np.ndarray) -> PreparedImage:
+        """Same as calling the object."""
+        return self(rgb)
 
 
 def batch_images(batch: list[PreparedImage], size_divisibility: int = 1,

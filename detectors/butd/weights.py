@@ -330,13 +330,13 @@ def _check_hf_config(config: dict[str, Any], where: Path) -> None:
         raise CheckpointLayoutError(f"{where}: MODEL.ROI_HEADS.NUM_CLASSES = {classes}, expected 1600")
 
 
-def load_butd_weights(spec: str | os.PathLike[str], model_state: dict[str, torch.Tensor] | None = None,
-                      *, box_weights: tuple[float, float, float, float] | None = None) -> LoadedWeights:
+def load_checkpoint(spec: str | os.PathLike[str], model_state: dict[str, torch.Tensor],
+                    *, box_weights: tuple[float, float, float, float] | None = None) -> LoadedWeights:
     """Read a MILVLG ``.pth`` / airsplay ``.pkl`` / HF directory and map it to canonical keys.
 
-    ``model_state`` (a canonical ``state_dict()``) turns on the strict key and shape check; by
-    default a fresh :class:`BUTDModel`'s is used. ``box_weights`` overrides the detectron2 box
-    weights assumed for airsplay / bare HF files.
+    ``model_state`` (a canonical ``state_dict()``) is what the keys and shapes are strictly checked
+    against. ``box_weights`` overrides the detectron2 box weights assumed for airsplay / bare HF
+    files. :func:`detectors.butd.load_butd_weights` supplies a fresh model's state by default.
     """
     path = resolve_weights(spec)
     raw, layout, file, config = read_checkpoint(path)
@@ -348,10 +348,6 @@ def load_butd_weights(spec: str | os.PathLike[str], model_state: dict[str, torch
     else:
         weights = box_weights or D2_BOX_WEIGHTS
     sd = to_canonical(raw, layout, weights)
-    if model_state is None:
-        from detectors.butd.model import BUTDModel
-
-        model_state = BUTDModel().state_dict()
     check_against(model_state, sd, str(path), layout)
     return LoadedWeights(state_dict=sd, layout=layout, path=path, sha256=sha256_file(file),
                          has_anchors=ANCHOR_KEY in sd, box_weights=weights, config=config)

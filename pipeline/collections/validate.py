@@ -3,7 +3,6 @@ numbers a person looks at first (images, captions per image, split sizes, proble
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import statistics
@@ -25,13 +24,10 @@ SUMMARY_KINDS = {"missing_file": "missing_files", "duplicate_image_id": "duplica
 def _decoder() -> Callable[[Path], Any]:
     """The detector's image loader when it is installed (same decoding as extraction), else Pillow."""
     try:
-        module = importlib.import_module("detectors.butd.preprocess")
-        loader = getattr(module, "load_image", None)
-        if callable(loader):
-            return loader
-    except ImportError:
-        pass
-    return _pillow_decode
+        from detectors.butd.preprocess import load_image
+    except ImportError:  # torch is not installed: Pillow alone still finds undecodable files
+        return _pillow_decode
+    return load_image
 
 
 def _pillow_decode(path: Path) -> None:

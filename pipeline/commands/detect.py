@@ -51,13 +51,16 @@ def detect(
     from rich.console import Console
     from rich.table import Table
 
+    from detectors.butd.settings import BUTDSettings
     from itmflow.errors import ItmflowError
     from pipeline.detect import DetectConfig, detect
 
+    settings = BUTDSettings(min_size=min_size, max_size=max_size, regions=regions, selection=selection,
+                            pre_nms_topk=max(6000, post_nms_topk), post_nms_topk=post_nms_topk,
+                            precision=precision)
     cfg = DetectConfig(images=list(images), weights=weights, random_init=random_init, seed=seed,
-                       vocab=vocab, regions=regions, selection=selection, device=device,
-                       precision=precision, min_size=min_size, max_size=max_size,
-                       proposals=post_nms_topk, out=out, visualize=visualize).validate()
+                       vocab=vocab, detector=settings, device=device, out=out,
+                       visualize=visualize).validate()
     err = Console(stderr=True)
     if random_init:
         err.print(f"[bold red]{RANDOM_INIT_WARNING}[/bold red]")

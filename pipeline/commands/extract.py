@@ -44,6 +44,7 @@ def extract(
     """
     from rich.console import Console
 
+    from detectors.butd.settings import BUTDSettings
     from pipeline.extract import ExtractConfig, run_extract
     from pipeline.extract.job import ExtractInterrupted
     from pipeline.extract.progress import summary_table
@@ -51,9 +52,10 @@ def extract(
     console = Console(stderr=True)
     cfg = ExtractConfig(
         collection=collection, out=out, storage=storage, weights=weights, random_init=random_init,
-        seed=seed, vocab=vocab, regions=regions, splits=list(split), workers=workers,
-        batch_size=batch_size, min_size=min_size, max_size=max_size, proposals=proposals,
-        precision=precision, device=device, feature_dtype=feature_dtype, images_root=images,
+        seed=seed, vocab=vocab, splits=list(split), workers=workers, batch_size=batch_size,
+        detector=BUTDSettings(regions=regions, min_size=min_size, max_size=max_size, precision=precision,
+                              **({} if proposals is None else {"post_nms_topk": proposals})),
+        device=device, feature_dtype=feature_dtype, images_root=images,
         address=address, num_cpus=num_cpus, part_size=part_size, retry_failed=retry_failed,
         connect_timeout=connect_timeout,
     ).validate()

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipeline.extract.plan import WorkItem
+
+if TYPE_CHECKING:
+    from detectors.base import PreparedImage
+    from detectors.butd.preprocess import Preprocessing
 
 
 @dataclass
@@ -29,7 +33,7 @@ class DecodedBatch:
 
     number: int
     items: list[WorkItem] = field(default_factory=list)
-    prepared: list[Any] = field(default_factory=list)
+    prepared: list[PreparedImage] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
 
@@ -43,9 +47,10 @@ def failure_reason(exc: BaseException) -> str:
     return text if type(exc).__module__.startswith("itmflow") else f"{type(exc).__name__}: {text}"
 
 
-def decode_one(root: Path, item: WorkItem, *, min_size: int, max_size: int) -> Any:
-    """Load, orient, convert and resize one image; raises with a reason on any problem."""
-    from detectors.butd.preprocess import load_image, prepare
+def decode_one(root: Path, item: WorkItem, preprocess: Preprocessing) -> PreparedImage:
+    """Load, orient, convert and prepare one image with the detector's ``preprocess``; raises with
+    a reason on any problem."""
+    from detectors.butd.preprocess import load_image
     from itmflow.errors import InputFileError
     from itmflow.files import safe_join
 
@@ -57,11 +62,10 @@ def decode_one(root: Path, item: WorkItem, *, min_size: int, max_size: int) -> A
     if path.stat().st_size == 0:
         raise InputFileError(f"zero-byte file: {path} is empty")
     rgb = load_image(path)
-    return prepare(rgb, min_size=min_size, max_size=max_size)
+    return preprocess(rgb)
 
 
-def decode_batch(number: int, root: str, items: list[WorkItem], min_size: int,
-                 max_size: int) -> DecodedBatch:
+def decode_batch(number: int, root: str, items: list[WorkItem], preprocess: Preprocessing) -> DecodedBatch:
     """Decode every image of a batch in a decode task (one torch thread); failures are recorded,
     never raised."""
     try:  # a decode worker uses one thread: parallelism comes from running several tasks
@@ -70,17 +74,16 @@ def decode_batch(number: int, root: str, items: list[WorkItem], min_size: int,
         torch.set_num_threads(1)
     except ImportError:
         pass
-    return decode_items(number, root, items, min_size, max_size)
+    return decode_items(number, root, items, preprocess)
 
 
-def decode_items(number: int, root: str, items: list[WorkItem], min_size: int,
-                 max_size: int) -> DecodedBatch:
+def decode_items(number: int, root: str, items: list[WorkItem], preprocess: Preprocessing) -> DecodedBatch:
     """Decode every image of a batch in the calling process, with its thread settings."""
     out = DecodedBatch(number)
     base = Path(root)
     for item in items:
         try:
-            prepared = decode_one(base, item, min_size=min_size, max_size=max_size)
+            prepared = decode_one(base, item, preprocess)
         except Exception as exc:  # every per-image problem is recorded, the batch goes on
             out.failures.append(Failure(item.image_id, item.file, failure_reason(exc)))
             continue

@@ -219,10 +219,9 @@ class _Workers:
 
         from pipeline.extract.worker import DetectorWorker, detector_kwargs
 
-        self.kwargs = detector_kwargs(
-            weights=cfg.weights, random_init=cfg.random_init, seed=cfg.seed, device=shape.device,
-            regions=cfg.regions, min_size=cfg.min_size, max_size=cfg.max_size,
-            precision=cfg.precision, vocab=cfg.vocab, proposals=cfg.proposals)
+        self.settings = cfg.detector
+        self.kwargs = detector_kwargs(weights=cfg.weights, random_init=cfg.random_init, seed=cfg.seed,
+                                      device=shape.device, vocab=cfg.vocab)
         # The shape-cache caps must be in the environment before torch is imported, so the actor
         # gets them at process start (a pooled worker that ran a decode task has torch loaded).
         self.cls = ray.remote(DetectorWorker).options(
@@ -235,7 +234,7 @@ class _Workers:
         self.load = [0] * shape.count
 
     def _new(self) -> Any:
-        return self.cls.remote(self.kwargs, self.shape.threads, self.feature_dtype)
+        return self.cls.remote(self.settings, self.kwargs, self.shape.threads, self.feature_dtype)
 
     def replace(self, slot: int, dead: Any) -> None:
         """Start a fresh actor in ``slot`` if ``dead`` (which used up its restarts) is still there;
@@ -298,9 +297,10 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
     from pipeline.extract.cluster import object_store_bytes, plan_workers, ray_session
     from pipeline.extract.decode import decode_batch
     from stores import RegionStoreWriter
+    from stores.schema import RegionPolicy
 
     window_guess = (cfg.workers or 1) * cfg.in_flight * cfg.batch_size
-    store_bytes = object_store_bytes(window_guess, cfg.max_size)
+    store_bytes = object_store_bytes(window_guess, cfg.detector.max_size)
     with ray_session(cfg.address, num_cpus=cfg.num_cpus, object_store=store_bytes,
                      connect_timeout=cfg.connect_timeout) as info:
         signals.deferred = True
@@ -316,11 +316,12 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
         except ray.exceptions.RayError as exc:
             raise _unwrap_start_error(exc) from None
         settings = detector_meta.get("settings", {})
+        policy = settings.get("region_policy")
         try:
             writer = RegionStoreWriter(
                 out, storage=cfg.storage, feature_dim=int(settings.get("feature_dim", 2048)),
                 feature_dtype=cfg.feature_dtype,
-                region_policy=settings.get("region_policy") or cfg.region_policy(),
+                region_policy=RegionPolicy.from_manifest(policy) if policy else cfg.region_policy(),
                 detector=detector_meta,
                 # parts are cut by the driver on batch boundaries, never inside add(), so a failed
                 # commit (disk full) is raised as the run's error, not as one image's failure
@@ -374,6 +375,7 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
     from pipeline.extract.worker import BatchResult
 
     window = max(1, workers.shape.count * cfg.in_flight)
+    preprocess = cfg.detector.preprocessing()  # what the actors' model was built for
     todo = collections.deque(plan.batches)
     order = collections.deque(b.number for b in plan.batches)
     in_flight: dict[Any, tuple[Batch, int, Any, int]] = {}  # ref -> (batch, slot, actor, attempt)
@@ -388,9 +390,9 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
         slot = workers.pick()
         actor = workers.actors[slot]
         if workers.shape.decode_in_actor:
-            ref = actor.decode_and_detect.remote(batch.number, root, batch.items, cfg.min_size, cfg.max_size)
+            ref = actor.decode_and_detect.remote(batch.number, root, batch.items, preprocess)
         else:
-            decoded = decode.remote(batch.number, root, batch.items, cfg.min_size, cfg.max_size)
+            decoded = decode.remote(batch.number, root, batch.items, preprocess)
             ref = actor.detect.remote(decoded)
         in_flight[ref] = (batch, slot, actor, attempt)
         workers.load[slot] += 1

@@ -10,17 +10,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detectors.memory import limit_shape_caches
+from itmflow.regions import ARRAY_FIELDS, FEATURES, SCALAR_FIELDS, RegionRow
 from pipeline.extract.decode import DecodedBatch, Failure, decode_items, failure_reason
+from pipeline.extract.plan import WorkItem
 
 # Read once when torch loads, so this must run before the actor imports torch: bounded oneDNN
 # per-shape caches keep a long run over varying image sizes flat (see detectors/memory.py).
 limit_shape_caches()
 
-#: Store fields a detector returns per image (the rest, image_id and file, come from the batch).
-_ARRAY_FIELDS = ("boxes", "geometry", "features", "object_ids", "object_conf", "attr_ids", "attr_conf")
+if TYPE_CHECKING:
+    from detectors.butd.preprocess import Preprocessing
+    from detectors.butd.settings import BUTDSettings
 
 
 @dataclass
@@ -28,7 +31,7 @@ class BatchResult:
     """Store rows of one batch (batch order), its failures, and who computed it how fast."""
 
     number: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[RegionRow] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     pid: int = 0
     detect_seconds: float = 0.0
@@ -37,21 +40,18 @@ class BatchResult:
 
 
 def detector_kwargs(*, weights: str | None, random_init: bool, seed: int, device: str,
-                    regions: str, min_size: int, max_size: int, precision: str,
-                    vocab: str | None, proposals: int | None) -> dict[str, Any]:
-    """Keyword arguments of :func:`detectors.butd.build_detector` for these settings."""
-    kwargs: dict[str, Any] = {"weights": weights, "random_init": random_init, "seed": seed,
-                              "device": device, "regions": regions, "min_size": min_size,
-                              "max_size": max_size, "precision": precision, "vocab_dir": vocab}
-    if proposals is not None:
-        kwargs["post_nms_topk"] = proposals
-    return kwargs
+                    vocab: str | None) -> dict[str, Any]:
+    """Keyword arguments of :func:`detectors.butd.build_detector` besides its settings: where the
+    weights come from and where the detector runs."""
+    return {"weights": weights, "random_init": random_init, "seed": seed, "device": device,
+            "vocab_dir": vocab}
 
 
 class DetectorWorker:
-    """Builds the detector once and turns decoded batches into store rows."""
+    """Builds the detector once (from ``settings``) and turns decoded batches into store rows."""
 
-    def __init__(self, kwargs: dict[str, Any], threads: int, feature_dtype: str = "float16") -> None:
+    def __init__(self, settings: BUTDSettings, kwargs: dict[str, Any], threads: int,
+                 feature_dtype: str = "float16") -> None:
         import torch
 
         from detectors.butd import build_detector
@@ -59,7 +59,7 @@ class DetectorWorker:
         # Fixed thread count: CPU results depend on how reductions are split, and a restarted or
         # resumed worker must compute the same bytes as the one it replaces.
         torch.set_num_threads(max(1, threads))
-        self.detector = build_detector(**kwargs)
+        self.detector = build_detector(settings=settings, **kwargs)
         self.feature_dtype = feature_dtype
         self.pid = os.getpid()
         self._shape = self._describe_shape(kwargs.get("device", "cpu"))
@@ -92,8 +92,8 @@ class DetectorWorker:
         """The worker's process id (the tests use it to kill a worker mid-run)."""
         return self.pid
 
-    def decode_and_detect(self, number: int, root: str, items: list[Any], min_size: int,
-                          max_size: int) -> BatchResult:
+    def decode_and_detect(self, number: int, root: str, items: list[WorkItem],
+                          preprocess: Preprocessing) -> BatchResult:
         """Decode a batch here, then detect: for CPU actors whose threads take every core, where a
         separate decode task would preempt the detector's threads (measured on 2 cores: a batch
         overlapping a decode task detected in 6.6 s instead of 4.3 s). Decoding runs on one thread,
@@ -103,7 +103,7 @@ class DetectorWorker:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            decoded = decode_items(number, root, items, min_size, max_size)
+            decoded = decode_items(number, root, items, preprocess)
         finally:
             torch.set_num_threads(threads)
         return self.detect(decoded)
@@ -132,13 +132,13 @@ class DetectorWorker:
             if isinstance(out, Failure):
                 result.failures.append(out)
                 continue
-            row: dict[str, Any] = {"image_id": item.image_id, "file": item.file,
-                                   "width": int(out["width"]), "height": int(out["height"]),
-                                   "num_regions": int(out["num_regions"])}
-            for key in _ARRAY_FIELDS:
+            row: dict[str, Any] = {"image_id": item.image_id, "file": item.file}
+            for key in SCALAR_FIELDS:
+                row[key] = int(out[key])
+            for key in ARRAY_FIELDS:
                 value = out.get(key)
                 row[key] = None if value is None else np.asarray(value)
             # Cast here, not in the committer: half the bytes cross the object store.
-            row["features"] = row["features"].astype(self.feature_dtype, copy=False)
-            result.rows.append(row)
+            row[FEATURES] = row[FEATURES].astype(self.feature_dtype, copy=False)
+            result.rows.append(row)  # type: ignore[arg-type]  # all RegionRow fields are set
         return result

@@ -20,9 +20,9 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def random_detector():
     """A random canonical detector (seed 0) with the small test settings."""
-    from detectors.butd import build_detector
+    from detectors.butd import BUTDSettings, build_detector
 
-    return build_detector(None, random_init=True, seed=0, regions="10-100", **SMALL)
+    return build_detector(None, BUTDSettings(regions="10-100", **SMALL), random_init=True, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from butd_layouts import SMALL
 from detectors.base import REGION_KEYS, Detector, VGVocab
-from detectors.butd import build_detector
+from detectors.butd import BUTDSettings, build_detector
 from detectors.butd.backbone import ResNetC4, conv_out_size
 from detectors.butd.preprocess import load_image, prepare
 from itmflow.errors import ConfigError, InputFileError
@@ -79,7 +79,7 @@ def test_region_dict_fields(random_detector, small_photo):
 @pytest.mark.slow
 def test_bf16_autocast_runs_close(small_photo):
     small = dict(SMALL, post_nms_topk=6)  # bf16 matmuls are emulated on CPUs without AVX512-BF16
-    det = build_detector(None, random_init=True, seed=0, regions="4", precision="bf16", **small)
+    det = build_detector(None, BUTDSettings(regions="4", precision="bf16", **small), random_init=True, seed=0)
     assert det.settings()["precision"] == "bf16"
     prep = prepare(small_photo, min_size=SMALL["min_size"], max_size=SMALL["max_size"])
     r = det.detect([prep])[0]
@@ -91,7 +91,7 @@ def test_build_errors():
     with pytest.raises(ConfigError, match="exactly one"):
         build_detector(None)
     with pytest.raises(ConfigError, match="precision"):
-        build_detector(None, random_init=True, precision="int4")
+        build_detector(None, BUTDSettings(precision="int4"), random_init=True)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             build_detector(None, random_init=True, device="cuda")
@@ -174,5 +174,5 @@ def test_shipped_vg_vocab_is_the_default():
     assert len(vocab.objects) == 1600 and len(vocab.attributes) == 400
     assert vocab.objects[:2] == ("yolk", "goal") and vocab.attributes[0] == "gray"
     assert SHIPPED_VOCAB_DIR.is_relative_to(Path(detectors.__file__).parent)
-    det = build_detector(None, random_init=True, regions="36")
+    det = build_detector(None, BUTDSettings(regions="36"), random_init=True)
     assert det.vocab == vocab and det.label(0, 0) == "gray yolk"

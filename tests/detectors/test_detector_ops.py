@@ -11,7 +11,6 @@ import torch
 from detectors.butd.anchors import caffe_cell_anchors, grid_anchors
 from detectors.butd.box_ops import clip_boxes, decode_legacy, iou_legacy, min_size_keep, nms_legacy
 from detectors.butd.postprocess import (
-    RegionPolicy,
     _greedy_nms_all_classes,
     geometry,
     per_class_nms_max_conf,
@@ -19,6 +18,7 @@ from detectors.butd.postprocess import (
     select_maxnms,
 )
 from itmflow.errors import ConfigError
+from itmflow.regions import RegionPolicy
 
 # spec §2.2, ratio-major: r=0.5, r=1, r=2; scales 4, 8, 16, 32
 SPEC_ANCHORS = [
@@ -123,7 +123,7 @@ def test_all_class_greedy_nms_keeps_what_torchvision_keeps():
 
 
 def test_select_caffe_order_rule():
-    policy = RegionPolicy(min_boxes=2, max_boxes=3, conf_thresh=0.2)
+    policy = RegionPolicy.adaptive(2, 3, conf_thresh=0.2)
     # within [min, max]: proposal order kept
     assert select_caffe(torch.tensor([0.3, 0.1, 0.9, 0.05]), policy).tolist() == [0, 2]
     # too few: top-min by confidence, sorted
@@ -133,9 +133,9 @@ def test_select_caffe_order_rule():
 
 
 def test_region_policy_parse():
-    assert RegionPolicy.parse("36").as_dict() == {"kind": "fixed", "k": 36}
-    assert RegionPolicy.parse("10-100").as_dict() == {"kind": "adaptive", "min": 10, "max": 100,
-                                                      "conf": 0.2}
+    assert RegionPolicy.parse("36").to_manifest() == {"kind": "fixed", "k": 36}
+    assert RegionPolicy.parse("10-100").to_manifest() == {"kind": "adaptive", "min": 10, "max": 100,
+                                                          "conf": 0.2}
     for bad in ("abc", "0", "50-10"):
         with pytest.raises(ConfigError, match="regions"):
             RegionPolicy.parse(bad)
@@ -146,7 +146,7 @@ def test_maxnms_uses_regressed_box_of_best_class():
     prob = torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.3, 0.3, 0.4]])  # bg first
     deltas = torch.zeros(3, 12)
     deltas[0, 4:8] = torch.tensor([0.1, 0.0, 0.0, 0.0])  # class 1 of proposal 0: shift by 1 px
-    keep, boxes = select_maxnms(proposals, prob, deltas, (100, 100), RegionPolicy(1, 2))
+    keep, boxes = select_maxnms(proposals, prob, deltas, (100, 100), RegionPolicy.adaptive(1, 2))
     assert boxes[0].tolist() == pytest.approx([1.0, 0.0, 11.0, 10.0])
     # proposals 0 and 1 overlap heavily: 1 is suppressed, top-2 are 0 (0.6) and 2 (0.4)
     assert keep.tolist() == [0, 2]

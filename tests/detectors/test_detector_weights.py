@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from butd_layouts import SMALL, to_d2, write_hf, write_milvlg
-from detectors.butd import build_detector, load_butd_weights
+from detectors.butd import BUTDSettings, build_detector, load_butd_weights
 from detectors.butd.postprocess import regions_for_image
 from detectors.butd.preprocess import batch_images, prepare
 from itmflow.errors import CheckpointLayoutError, UnsafeCheckpointError
@@ -19,7 +19,7 @@ from itmflow.files import sha256_file
 
 def _forward_regions(det, rgb):
     """One forward pass, regions under both selections (Caffe proposal boxes, maxnms regressed)."""
-    prep = prepare(rgb, min_size=det.settings_obj.min_size, max_size=det.settings_obj.max_size)
+    prep = det.preprocessing(rgb)
     images, sizes = batch_images([prep])
     proposals, outs = det.model(images, sizes, [prep.scale])
     regions = {}
@@ -27,7 +27,7 @@ def _forward_regions(det, rgb):
         regions[selection] = regions_for_image(
             proposals[0], outs.features, outs.cls_prob, outs.box_deltas, outs.attr_prob,
             scale=prep.scale, resized_size=sizes[0], orig_size=(prep.orig_height, prep.orig_width),
-            policy=det.policy, selection=selection)
+            policy=det.policy, selection=selection, nms_thresh=det.config.class_nms_thresh)
     return regions
 
 
@@ -36,7 +36,7 @@ def test_three_layouts_give_the_same_regions(random_detector, layout_files, smal
     reference = _forward_regions(random_detector, small_photo)
     assert reference["caffe"]["num_regions"] >= 10
     for layout, path in layout_files.items():
-        det = build_detector(str(path), regions="10-100", vocab_dir=vg_vocab_dir, **SMALL)
+        det = build_detector(str(path), BUTDSettings(regions="10-100", **SMALL), vocab_dir=vg_vocab_dir)
         assert det.weights_layout == layout
         got = _forward_regions(det, small_photo)
         for selection, ref in reference.items():

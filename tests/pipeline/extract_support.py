@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors.butd.settings import BUTDSettings
 from pipeline.collections import ImageRecord, write_collection
 
 #: Detector settings small enough for a 2-core test box (a few seconds per image).
-TINY = dict(random_init=True, regions="10-100", min_size=128, max_size=256, proposals=4)
+TINY = dict(random_init=True, detector=BUTDSettings(regions="10-100", min_size=128, max_size=256, post_nms_topk=4))
 TINY_CLI = ["--random-init", "--regions", "10-100", "--min-size", "128", "--max-size", "256",
             "--proposals", "4"]
 GOOD = ["astronaut.jpg", "chelsea.jpg", "camera.png", "clock.gif"]

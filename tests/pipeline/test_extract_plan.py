@@ -13,6 +13,8 @@ from itmflow.errors import ConfigError
 from pipeline.cli import app
 from pipeline.collections import ImageRecord
 from pipeline.extract import ExtractConfig, make_plan
+from detectors.butd.preprocess import Preprocessing
+from detectors.butd.settings import BUTDSettings
 from pipeline.extract.decode import decode_batch
 from pipeline.extract.plan import WorkItem, read_failed_ids, select_images
 
@@ -60,7 +62,7 @@ def test_every_bad_file_kind_becomes_a_failure_with_its_reason(tmp_path, photo_d
     expected = write_bad_files(root, photo_dir / "chelsea.jpg")
     items = [WorkItem(0, "astronaut", "astronaut.jpg")] + [
         WorkItem(i + 1, Path(f).stem, f) for i, f in enumerate(expected)]
-    out = decode_batch(7, str(root), items, 128, 256)
+    out = decode_batch(7, str(root), items, Preprocessing(min_size=128, max_size=256))
     assert out.number == 7
     assert [i.image_id for i in out.items] == ["astronaut"]
     prepared = out.prepared[0]
@@ -78,9 +80,9 @@ def test_config_refuses_impossible_options(tmp_path):
     with pytest.raises(ConfigError, match="exclude"):
         ExtractConfig(**base, weights="w.pth", random_init=True).validate()
     with pytest.raises(ConfigError, match="--regions"):
-        ExtractConfig(**base, random_init=True, regions="12").validate()
+        ExtractConfig(**base, random_init=True, detector=BUTDSettings(regions="12")).validate()
     with pytest.raises(ConfigError, match="--min-size"):
-        ExtractConfig(**base, random_init=True, min_size=900, max_size=800).validate()
+        ExtractConfig(**base, random_init=True, detector=BUTDSettings(min_size=900, max_size=800)).validate()
     cfg = ExtractConfig(**base, random_init=True, batch_size=4, part_size=10)
     assert cfg.validate().part_batches == 2
 

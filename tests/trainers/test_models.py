@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from itmflow.errors import ConfigError, ModelInputError
 from trainers.losses import contrastive_loss
 from trainers.models import build_model, concat_embeddings, index_embeddings, make_config
-from trainers.models.sgraf import SGRAF, SgrafConfig, check_region_policy
+from trainers.models.sgraf import SGRAF, SgrafConfig
+from trainers.training.model import require_fixed_regions
 from trainers.models.teran import TERAN, TeranConfig, alignment_scores
 from trainers.models.tern import TERN, TernConfig
 
@@ -194,9 +195,9 @@ def test_sgraf_needs_exactly_36_regions():
         model.encode_images(image_batch(2, 20, [20, 12]))
     with pytest.raises(ModelInputError, match="exactly 36"):
         model.encode_images(image_batch(2, 36, [36, 30]))  # padded to 36 but one has 30
-    with pytest.raises(ModelInputError, match="region_policy"):
-        check_region_policy({"kind": "adaptive", "min": 10, "max": 100, "conf": 0.2}, store="s")
-    check_region_policy({"kind": "fixed", "k": 36})
+    with pytest.raises(ModelInputError, match="region policy"):
+        require_fixed_regions({"kind": "adaptive", "min": 10, "max": 100, "conf": 0.2}, 36, store="s")
+    require_fixed_regions({"kind": "fixed", "k": 36}, 36, store="s")
     emb = model.encode_images(image_batch(2, 36, [36, 36]))
     assert emb["regions"].shape == (2, 36, 12) and emb["global"].shape == (2, 12)
 

@@ -342,18 +342,6 @@ def check_regions(k: int, num_regions: Tensor | None, expected: int = 36) -> Non
             "imported SCAN precomp features")
 
 
-def check_region_policy(region_policy: dict | None, expected: int = 36, store: str = "") -> None:
-    """Refuse, before training starts, a store whose manifest policy is not fixed-``expected``."""
-    if not region_policy:
-        return
-    if region_policy.get("kind") != "fixed" or int(region_policy.get("k", -1)) != expected:
-        where = f"region store {store}: " if store else ""
-        raise ModelInputError(
-            f"{where}SGRAF needs exactly {expected} regions per image (VisualSA's BatchNorm1d "
-            f"runs over the region axis) but the store's region_policy is {region_policy}. "
-            f"Extract with --regions {expected} or import the SCAN precomp features")
-
-
 def _preset(module: str) -> Callable[[str], dict[str, Any]]:
     def preset(dataset: str) -> dict[str, Any]:
         # opts.py / README: Adam 2e-4, lr = 2e-4 * 0.1 ** (epoch // lr_update), bs 128, val
@@ -377,4 +365,4 @@ SPECS = tuple(
     for module in ("SGR", "SAF"))
 
 
-__all__ = ["SGRAF", "SPECS", "SgrafConfig", "check_region_policy", "check_regions"]
+__all__ = ["SGRAF", "SPECS", "SgrafConfig", "check_regions"]

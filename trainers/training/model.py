@@ -4,7 +4,7 @@ the checks made before the first step."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -62,14 +62,22 @@ def check_region_policy(model: nn.Module, data: MatchingData) -> None:
     SGRAF's VisualSA has one BatchNorm channel per region, so every image needs exactly
     ``num_regions`` (36) regions; the model itself would only notice at the first batch.
     """
-    from itmflow.errors import ModelInputError
-
     k = getattr(getattr(model, "config", None), "num_regions", None)
     if k is None:
         return
-    policy = data.images.manifest.get("region_policy") or {}
-    if policy.get("kind") != "fixed" or int(policy.get("k", -1)) != int(k):
+    require_fixed_regions(data.images.manifest.get("region_policy"), int(k), store=str(data.images.path),
+                          model_kind=getattr(model, "kind", "this model"))
+
+
+def require_fixed_regions(record: Mapping[str, Any] | None, k: int, *, store: str,
+                          model_kind: str = "this model") -> None:
+    """Raise :class:`ModelInputError` unless the manifest's region policy ``record`` is fixed ``k``."""
+    from itmflow.errors import ModelInputError
+    from stores.schema import RegionPolicy
+
+    policy = record or {}
+    if not policy or RegionPolicy.from_manifest(policy).fixed_k != k:
         raise ModelInputError(
-            f"region store {data.images.path} has region policy {policy}, but "
-            f"{getattr(model, 'kind', 'this model')} needs exactly {k} regions per image; extract "
+            f"region store {store} has region policy {policy}, but "
+            f"{model_kind} needs exactly {k} regions per image; extract "
             f"with --regions {k} (fixed) or import {k}-region features")
