@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from extract_support import GOOD, TINY, TINY_CLI, copy_photos, make_collection, store_contents
+from tests._support.extract_support import GOOD, TINY, TINY_CLI, copy_photos, make_collection, store_contents
 from pipeline.extract import ExtractConfig, run_extract
 
 SIX = GOOD + ["coffee.jpg", "rocket.jpg"]
@@ -240,9 +240,8 @@ def _overflowing_weights(path: Path) -> Path:
     """A random detector whose region features overflow float16 (res5's last norm scaled up)."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detectors"))
-    from butd_layouts import write_milvlg
     from detectors.butd.model import BUTDModel, random_init_
+    from tests._support.butd_layouts import write_milvlg
 
     sd = random_init_(BUTDModel(), 0).state_dict()
     for key in ("roi_heads.res5.2.conv3.norm.weight", "roi_heads.res5.2.conv3.norm.bias"):
