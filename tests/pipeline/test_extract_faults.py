@@ -54,6 +54,7 @@ def test_out_that_is_an_existing_file_is_one_line(tmp_path, photo_dir):
     assert target.read_text() == "not a store\n"
 
 
+@pytest.mark.slow  # two CLI processes, each importing torch, then ~3 s of connection tries
 def test_unreachable_address_fails_within_the_timeout_naming_it(tmp_path, photo_dir):
     coll = make_collection(tmp_path / "c.parquet", photo_dir, GOOD[:1])
     with socket.socket() as closed:  # a port nobody listens on
@@ -82,6 +83,7 @@ class _Evil:
         return (os.system, (f"touch {os.environ['ITMFLOW_TEST_PWNED']}",))
 
 
+@pytest.mark.slow  # four CLI processes, each importing torch: 70 s on the busy 2-core box
 def test_bad_weights_are_refused_before_ray_starts_naming_the_file(tmp_path, photo_dir, monkeypatch):
     import pickle
 
