@@ -1,12 +1,13 @@
-# itmflow: `make test` and `make demo` do all the set-up on a fresh machine; `make docs` builds the
-# user guide (docs/, mkdocs + material) into site/ with broken links and anchors as errors.
+# itmflow: `make test` (the whole suite; `make test-fast` without the slow and Ray tests) and
+# `make demo` do all the set-up on a fresh machine; `make docs` builds the user guide (docs/,
+# mkdocs + material) into site/ with broken links and anchors as errors.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 WEIGHTS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo venv bench docs docs-serve clean
+.PHONY: test test-fast demo venv bench docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# Everything except the tests marked slow or ray (training runs, Ray jobs): the subset to run while working.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -q -m "not slow and not ray"
 
 demo: $(STAMP)
 	$(PY) -m workflows.demo $(if $(WEIGHTS),--weights $(WEIGHTS),)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from itmflow.files import atomic_write_bytes
 from itmflow.provenance import library_versions, machine_info, now_iso
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -34,7 +35,7 @@ def write_result(area: str, config: dict[str, Any], rows: list[dict[str, Any]],
     doc = {"benchmark": area, "date": now_iso(), "machine": machine_info(),
            "versions": library_versions(), "config": config, "results": rows}
     path = out_dir / f"{area}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
     print_table(area, rows)
     print(f"wrote {path}")
     return path

@@ -6,8 +6,9 @@ import errno
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from itmflow.errors import UnsafePathError
 
@@ -42,24 +43,58 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a half file.
+def temp_path_for(target: str | os.PathLike[str]) -> Path:
+    """The temporary name :func:`atomic_path` writes ``target`` under: ``.<name>.tmp-<pid>`` in the
+    same directory (hidden, on the same file system, recognisable as debris after a crash)."""
+    path = Path(target)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the file
-    is renamed over the target; then the directory itself is fsynced.
+
+def commit_temp(tmp: str | os.PathLike[str], target: str | os.PathLike[str], *, durable: bool = True) -> None:
+    """Rename the complete file ``tmp`` over ``target``.
+
+    ``durable``: fsync the file before the rename and the directory after it, so the new file
+    survives a power cut. Without it the rename is still atomic for readers and against a crash
+    of the process, but the operating system may lose it (or write it empty) on a power cut.
+    For writers whose file is created in one place and finished in another (a memmap filled by
+    its caller); everything else uses :func:`atomic_path`.
     """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if durable:
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    if durable:
+        fsync_dir(Path(target).parent)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
+    """Write ``target`` atomically: readers see the old file or the new one, never a half file.
+
+    ``with atomic_path(target) as tmp:`` yields a temporary path in the same directory
+    (:func:`temp_path_for`); the body writes the complete file there. On a clean exit the file is
+    fsynced, renamed over ``target`` and the directory fsynced (:func:`commit_temp`); on an
+    exception (also KeyboardInterrupt, and a failure of the fsync or rename) the temporary file
+    is removed — a full disk must not leave a half file behind — ``target`` is left as it was and
+    the exception propagates.
+
+    ``durable=False`` skips both fsyncs: for exports of many small files (one per image), where
+    an fsync each would dominate the time and a rerun rewrites what a power cut lost.
+    """
+    tmp = temp_path_for(target)
     try:
+        yield tmp
+        commit_temp(tmp, target, durable=durable)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave a half temp file behind
-        raise
-    fsync_dir(target.parent)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -13,7 +13,8 @@
   image_id, image_h, image_w, num_boxes and, when the store has labels, objects_id / objects_conf /
   attrs_id / attrs_conf).
 
-Every output file is written under a temporary name and renamed when complete; a read that fails
+Every output file is written through :func:`itmflow.files.atomic_path` (a temporary name, renamed
+when complete; the per-image files of tern and milvlg-npz without an fsync each); a read that fails
 (a part that fails its checksums raises ``StoreCorruptError`` naming store and part) removes the
 file being written, and files already complete stay.
 """
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from itmflow.errors import StoreError
-from itmflow.files import safe_join
+from itmflow.files import atomic_path, safe_join
 from stores.reader import RegionStoreReader, open_region_store
 
 EXPORT_FORMATS: tuple[str, ...] = ("scan-precomp", "tern", "butd-tsv", "milvlg-npz")
@@ -36,10 +37,6 @@ EXPORT_FORMATS: tuple[str, ...] = ("scan-precomp", "tern", "butd-tsv", "milvlg-n
 SCAN_SPLITS: dict[str, tuple[str, ...]] = {"train": ("train", "restval"), "dev": ("val",), "val": ("val",),
                                             "test": ("test",), "testall": ("test",), "restval": ("restval",)}
 CAPTIONS_PER_IMAGE = 5
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _rows(reader: RegionStoreReader, wanted: set[str] | None) -> Iterator[dict[str, Any]]:
@@ -120,22 +117,18 @@ def _export_scan(reader: RegionStoreReader, ids: list[str], wanted: set[str] | N
                                  f"scan-precomp needs {CAPTIONS_PER_IMAGE} per image")
             lines.extend(have[:CAPTIONS_PER_IMAGE])
     ims = out_dir / f"{split}_ims.npy"
-    tmp = _tmp(ims)
     position = {image_id: i for i, image_id in enumerate(ids)}
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                      shape=(len(ids), k, reader.settings.feature_dim))
-    try:
-        for row in _rows(reader, wanted):
-            array[position[row["image_id"]]] = row["features"]
-            if progress is not None:
-                progress(1)
-        array.flush()
-    except BaseException:
-        del array
-        tmp.unlink(missing_ok=True)
-        raise
-    del array
-    os.replace(tmp, ims)
+    with atomic_path(ims) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                          shape=(len(ids), k, reader.settings.feature_dim))
+        try:
+            for row in _rows(reader, wanted):
+                array[position[row["image_id"]]] = row["features"]
+                if progress is not None:
+                    progress(1)
+            array.flush()
+        finally:
+            del array  # unmapped before the rename (or the removal of the temporary file)
     _write_text(out_dir / f"{split}_ids.txt", ids)
     files = 2
     if caps is not None:
@@ -145,11 +138,9 @@ def _export_scan(reader: RegionStoreReader, ids: list[str], wanted: set[str] | N
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as handle:
         for line in lines:
             handle.write(line + "\n")
-    os.replace(tmp, path)
 
 
 def _export_tern(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Path,
@@ -161,14 +152,11 @@ def _export_tern(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Pa
         box = safe_join(out_dir / "bu_box", f"{row['image_id']}.npy", what="image_id")
         att.parent.mkdir(parents=True, exist_ok=True)
         box.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp(att)
-        with open(tmp, "wb") as handle:
+        # Two small files per image: not fsynced one by one (see atomic_path); rerun after a power cut.
+        with atomic_path(att, durable=False) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, feat=np.asarray(row["features"], dtype=np.float32))
-        os.replace(tmp, att)
-        tmp = _tmp(box)
-        with open(tmp, "wb") as handle:
+        with atomic_path(box, durable=False) as tmp, open(tmp, "wb") as handle:
             np.save(handle, np.asarray(row["boxes"], dtype=np.float32))
-        os.replace(tmp, box)
         files += 2
         if progress is not None:
             progress(1)
@@ -179,24 +167,18 @@ def _export_tsv(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Pat
                 progress: Callable[[int], None] | None) -> int:
     _need_boxes(reader, "butd-tsv")
     path = out_dir / f"{split}.tsv"
-    tmp = _tmp(path)
-    try:
-        with open(tmp, "w", encoding="ascii", newline="\n") as handle:
-            for row in _rows(reader, wanted):
-                image_id = row["image_id"]
-                if any(c in image_id for c in "\t\r\n"):
-                    raise StoreError(f"image_id {image_id!r} contains a tab or newline and cannot be written to "
-                                     "a TSV")
-                boxes = base64.b64encode(np.ascontiguousarray(row["boxes"], dtype=np.float32).tobytes()).decode()
-                feats = base64.b64encode(np.ascontiguousarray(row["features"], dtype=np.float32).tobytes()).decode()
-                handle.write(f"{image_id}\t{row['width']}\t{row['height']}\t{row['num_regions']}\t{boxes}\t"
-                             f"{feats}\n")
-                if progress is not None:
-                    progress(1)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as handle:
+        for row in _rows(reader, wanted):
+            image_id = row["image_id"]
+            if any(c in image_id for c in "\t\r\n"):
+                raise StoreError(f"image_id {image_id!r} contains a tab or newline and cannot be written to "
+                                 "a TSV")
+            boxes = base64.b64encode(np.ascontiguousarray(row["boxes"], dtype=np.float32).tobytes()).decode()
+            feats = base64.b64encode(np.ascontiguousarray(row["features"], dtype=np.float32).tobytes()).decode()
+            handle.write(f"{image_id}\t{row['width']}\t{row['height']}\t{row['num_regions']}\t{boxes}\t"
+                         f"{feats}\n")
+            if progress is not None:
+                progress(1)
     return 1
 
 
@@ -213,12 +195,11 @@ def _export_milvlg(reader: RegionStoreReader, wanted: set[str] | None, out_dir: 
                         attrs_id=row["attr_ids"].astype(np.int64), attrs_conf=np.array(row["attr_conf"]))
         path = safe_join(out_dir, f"{row['image_id']}.npz", what="image_id")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp(path)
-        with open(tmp, "wb") as handle:
+        # One small file per image: not fsynced one by one (see atomic_path); rerun after a power cut.
+        with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, x=np.asarray(row["features"], dtype=np.float32),
                                 bbox=np.asarray(row["boxes"], dtype=np.float32), num_bbox=row["num_regions"],
                                 image_h=row["height"], image_w=row["width"], info=np.array(info, dtype=object))
-        os.replace(tmp, path)
         files += 1
         if progress is not None:
             progress(1)

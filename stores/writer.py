@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from itmflow.errors import DiskFullError, StoreCorruptError, StoreError
-from itmflow.files import disk_full_reason, fsync_dir, sha256_file
+from itmflow.files import disk_full_reason, fsync_dir, sha256_file, temp_path_for
 from stores import hdf5_part, parquet_part
 from stores.block import Block
 from stores.lock import StoreLock
@@ -41,8 +41,13 @@ def write_part_file(directory: Path, name: str, produce: Callable[[Path], None])
 
 
 def produce_part_file(directory: Path, name: str, produce: Callable[[Path], None]) -> Path:
-    """Let ``produce(tmp)`` write the part under its temporary name; returns that path."""
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    """Let ``produce(tmp)`` write the part under its temporary name; returns that path.
+
+    This and :func:`finish_part_file` are the two halves of :func:`itmflow.files.atomic_path`
+    (same temporary name, same removal on error), kept apart because a commit runs them in two
+    threads: the part is written in the caller's thread and finished in the background.
+    """
+    tmp = temp_path_for(directory / name)
     try:
         produce(tmp)
     except BaseException:
@@ -56,6 +61,10 @@ def finish_part_file(directory: Path, tmp: Path, name: str) -> tuple[str, int]:
 
     The sha256 is computed (from the page cache) in a second thread while this one waits
     for fsync: both release the GIL, so hashing costs no wall time when the disk is the bottleneck.
+    That overlap (and the size read between fsync and rename) is why this does not use
+    :func:`itmflow.files.commit_temp`; the durability is the same (file fsynced, renamed,
+    directory fsynced). A failed fsync or hash removes the temporary file at once; one left by a
+    crash is debris that the next open removes.
     """
     result: dict[str, Any] = {}
 

@@ -18,6 +18,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts Ray (through the ``ray_local`` fixture) is a Ray test and a slow one, marked
+    or not, so ``make test-fast`` (``-m "not slow and not ray"``) never starts Ray."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            for name in ("ray", "slow"):
+                if item.get_closest_marker(name) is None:
+                    item.add_marker(name)
+
+
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the sample collection: 12 real photos in several modes + captions.jsonl."""

@@ -16,14 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from tests._support.tiny_bert import tiny_bert
 from workflows.sample import materialize_sample
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TERN = {"bert_config": {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-                             "num_attention_heads": 2, "intermediate_size": 64,
-                             "max_position_embeddings": 128},
+TINY_TERN = {"bert_config": tiny_bert(),
              "bert_layers": 1, "visual_layers": 1, "embed_size": 16, "layers": 1, "ff_dim": 32}
 
 

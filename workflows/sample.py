@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from itmflow.files import atomic_path
+
 CAPTIONS_FILE = Path(__file__).resolve().parent.parent / "examples" / "sample" / "captions.jsonl"
 
 
@@ -51,9 +53,8 @@ def materialize_sample(dest: str | Path) -> Path:
             image = Image.fromarray(pixels).convert("P")
         else:
             image = Image.fromarray(pixels)
-        tmp = path.with_name(path.name + ".part")
-        image.save(tmp, format=Image.registered_extensions()[path.suffix])
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format=Image.registered_extensions()[path.suffix])
     target = root / "captions.jsonl"
     if not target.exists():
         target.write_text(CAPTIONS_FILE.read_text(encoding="utf-8"), encoding="utf-8")

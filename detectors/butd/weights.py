@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from itmflow.errors import CheckpointLayoutError, InputFileError
-from itmflow.files import sha256_file
+from itmflow.files import atomic_path, sha256_file
 from itmflow.safe_pickle import restricted_load
 
 LAYOUTS = ("milvlg", "airsplay", "hf")
@@ -249,12 +249,11 @@ def resolve_weights(spec: str | os.PathLike[str]) -> Path:
         target = _cache_dir() / hashlib.sha256(text.encode()).hexdigest()[:16] / name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
             try:
-                urllib.request.urlretrieve(text, tmp)  # noqa: S310 - the user asked for this URL
+                with atomic_path(target) as tmp:
+                    urllib.request.urlretrieve(text, tmp)  # noqa: S310 - the user asked for this URL
             except OSError as exc:
                 raise InputFileError(f"cannot download weights from {text}: {exc}") from None
-            tmp.replace(target)
         return target
     if re.match(r"^[\w.-]+/[\w.-]+$", text):
         try:

@@ -70,7 +70,9 @@ def extract(
     Console().print(summary_table(summary))
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+        from itmflow.files import atomic_write_bytes
+
+        atomic_write_bytes(summary_json, (json.dumps(summary.to_dict(), indent=2) + "\n").encode("utf-8"))
     if summary.failed and not summary.processed and not summary.rows_in_store:
         first = summary.failures[0]["reason"]
         raise InputFileError(

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from itmflow.errors import ConfigError, InputFileError
-from itmflow.files import atomic_write_json
+from itmflow.files import atomic_path, atomic_write_json
 from trainers.models import MatchingModel
 
 if TYPE_CHECKING:
@@ -137,12 +137,10 @@ def write_side(directory: Path, side: str, columns: dict[str, list[Any]], vector
         raise ConfigError(f"{side}: {len(vectors)} vectors but columns of other lengths")
     kind = choose_index(index_kind, len(vectors))
     index = build_index(vectors, kind)
-    tmp = directory / f".{side}.parquet.tmp"
-    pq.write_table(_vector_table(columns, vectors), tmp)
-    os.replace(tmp, directory / f"{side}.parquet")
-    tmp = directory / f".{side}.faiss.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, directory / f"{side}.faiss")
+    with atomic_path(directory / f"{side}.parquet") as tmp:
+        pq.write_table(_vector_table(columns, vectors), tmp)
+    with atomic_path(directory / f"{side}.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
     return {"count": int(len(vectors)), "dim": int(vectors.shape[1]), "index": kind,
             "parquet": f"{side}.parquet", "faiss": f"{side}.faiss"}
 

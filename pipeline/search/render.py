@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itmflow.errors import ItmflowError
-from itmflow.files import safe_join
+from itmflow.files import atomic_path, safe_join
 
 TILE = 224
 LABEL_H = 44
@@ -128,9 +128,8 @@ def captions_panel(query_file: str | None, query_id: str, hits: list[Hit],
 def _save(canvas, out: str | os.PathLike[str]) -> Path:
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp.png")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        canvas.save(tmp, format="PNG")
     return p
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from butd_layouts import SMALL
+from tests._support.butd_layouts import SMALL
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,7 +33,7 @@ def canonical_state(random_detector) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def layout_files(canonical_state, tmp_path_factory) -> dict[str, Path]:
     """The random canonical model written in all three layouts."""
-    from butd_layouts import write_airsplay, write_hf, write_milvlg
+    from tests._support.butd_layouts import write_airsplay, write_hf, write_milvlg
 
     root = tmp_path_factory.mktemp("ckpt")
     return {"milvlg": write_milvlg(canonical_state, root / "bua-caffe-frcn-r101-k36.pth"),

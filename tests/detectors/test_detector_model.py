@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from butd_layouts import SMALL
+from tests._support.butd_layouts import SMALL
 from detectors.base import REGION_KEYS, Detector, VGVocab
 from detectors.butd import BUTDSettings, build_detector
 from detectors.butd.backbone import ResNetC4, conv_out_size

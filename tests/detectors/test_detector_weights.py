@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from butd_layouts import SMALL, to_d2, write_hf, write_milvlg
+from tests._support.butd_layouts import SMALL, to_d2, write_hf, write_milvlg
 from detectors.butd import BUTDSettings, build_detector, load_butd_weights
 from detectors.butd.postprocess import regions_for_image
 from detectors.butd.preprocess import batch_images, prepare
@@ -146,7 +146,7 @@ def test_torch_load_is_weights_only(tmp_path):
 
 
 def test_checkpoint_anchor_table_used_verbatim(canonical_state, tmp_path):
-    from butd_layouts import ANCHORS
+    from tests._support.butd_layouts import ANCHORS
 
     from detectors.butd import BUTDModel
 

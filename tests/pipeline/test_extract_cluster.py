@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from extract_support import GOOD, TINY_CLI, make_collection, store_contents
+from tests._support.extract_support import GOOD, TINY_CLI, make_collection, store_contents
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from extract_support import GOOD, TINY, TINY_CLI, copy_photos, make_collection, store_contents
+from tests._support.extract_support import GOOD, TINY, TINY_CLI, copy_photos, make_collection, store_contents
 from pipeline.extract import ExtractConfig, run_extract
 
 SIX = GOOD + ["coffee.jpg", "rocket.jpg"]
@@ -54,6 +54,7 @@ def test_out_that_is_an_existing_file_is_one_line(tmp_path, photo_dir):
     assert target.read_text() == "not a store\n"
 
 
+@pytest.mark.slow  # two CLI processes, each importing torch, then ~3 s of connection tries
 def test_unreachable_address_fails_within_the_timeout_naming_it(tmp_path, photo_dir):
     coll = make_collection(tmp_path / "c.parquet", photo_dir, GOOD[:1])
     with socket.socket() as closed:  # a port nobody listens on
@@ -82,6 +83,7 @@ class _Evil:
         return (os.system, (f"touch {os.environ['ITMFLOW_TEST_PWNED']}",))
 
 
+@pytest.mark.slow  # four CLI processes, each importing torch: 70 s on the busy 2-core box
 def test_bad_weights_are_refused_before_ray_starts_naming_the_file(tmp_path, photo_dir, monkeypatch):
     import pickle
 
@@ -240,9 +242,8 @@ def _overflowing_weights(path: Path) -> Path:
     """A random detector whose region features overflow float16 (res5's last norm scaled up)."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detectors"))
-    from butd_layouts import write_milvlg
     from detectors.butd.model import BUTDModel, random_init_
+    from tests._support.butd_layouts import write_milvlg
 
     sd = random_init_(BUTDModel(), 0).state_dict()
     for key in ("roi_heads.res5.2.conv3.norm.weight", "roi_heads.res5.2.conv3.norm.bias"):

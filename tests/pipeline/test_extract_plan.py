@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from extract_support import GOOD, make_collection, write_bad_files
+from tests._support.extract_support import GOOD, make_collection, write_bad_files
 from itmflow.errors import ConfigError
 from pipeline.cli import app
 from pipeline.collections import ImageRecord

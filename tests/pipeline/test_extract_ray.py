@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from extract_support import (GOOD, TINY, TINY_CLI, copy_photos, make_collection, store_contents,
+from tests._support.extract_support import (GOOD, TINY, TINY_CLI, copy_photos, make_collection, store_contents,
                              write_bad_files)
 from pipeline.extract import ExtractConfig, run_extract
 

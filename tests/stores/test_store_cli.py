@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from itmflow.errors import StoreError
 from pipeline.cli import app
 from pipeline.collections import read_collection
-from store_fixtures import make_rows, write_store
+from tests._support.store_fixtures import make_rows, write_store
 from stores import open_region_store
 
 runner = CliRunner()

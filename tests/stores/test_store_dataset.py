@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from store_fixtures import make_rows, write_store
+from tests._support.store_fixtures import make_rows, write_store
 from stores import RegionDataset, collate_regions
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from itmflow.errors import DiskFullError
-from store_fixtures import DETECTOR, FIXED, make_rows, write_store
+from tests._support.store_fixtures import DETECTOR, FIXED, make_rows, write_store
 from stores import RegionStoreWriter, open_region_store
 from stores.schema import LOCK_NAME
 from stores.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stores")])}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 N = 30
 LIMIT = 100_000  # bytes per file: 2-row parts fit, a 26-row part does not; a padded manifest does not
 
@@ -30,7 +30,7 @@ LIMIT = 100_000  # bytes per file: 2-row parts fit, a 26-row part does not; a pa
 CHILD = """
 import json, resource, signal, sys
 from itmflow.errors import DiskFullError
-from store_fixtures import DETECTOR, FIXED, make_rows
+from tests._support.store_fixtures import DETECTOR, FIXED, make_rows
 from stores import RegionStoreWriter
 store, storage, mode, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

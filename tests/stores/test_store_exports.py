@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from itmflow.errors import InputFileError, StoreError, UnsafeCheckpointError
-from store_fixtures import make_rows, write_store
+from tests._support.store_fixtures import make_rows, write_store
 from stores import open_region_store
 from stores.captions import write_caption_store
 from stores.exports import export_store

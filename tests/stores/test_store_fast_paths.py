@@ -11,7 +11,7 @@ import pytest
 
 import stores.writer as writer_mod
 from itmflow.errors import DiskFullError, StoreError
-from store_fixtures import DETECTOR, FIXED, assert_row_equal, make_rows, write_store
+from tests._support.store_fixtures import DETECTOR, FIXED, assert_row_equal, make_rows, write_store
 from stores import RegionStoreWriter, open_region_store
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from itmflow.errors import StoreLockedError
-from store_fixtures import DETECTOR, FIXED, make_rows, write_store
+from tests._support.store_fixtures import DETECTOR, FIXED, make_rows, write_store
 from stores import RegionStoreWriter, open_region_store
 from stores.captions import read_caption_store, write_caption_store
 from stores.lock import StoreLock, read_lock
@@ -23,13 +23,13 @@ from stores.schema import LOCK_NAME
 from stores.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "stores")])}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 # A writer in its own process: commits ids 0..4 (two parts), says "ready" and holds the store until
 # its stdin closes (or it is killed), then writes ids 5..6 and closes.
 HOLDER = """
 import sys
-from store_fixtures import DETECTOR, FIXED, make_rows
+from tests._support.store_fixtures import DETECTOR, FIXED, make_rows
 from stores import RegionStoreWriter
 rows = make_rows(7, dim=64, prefix="a")
 w = RegionStoreWriter(sys.argv[1], feature_dim=64, region_policy=FIXED, detector=DETECTOR, rows_per_part=3)

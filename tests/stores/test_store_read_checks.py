@@ -14,7 +14,7 @@ import pytest
 
 from itmflow.errors import StoreCorruptError
 from itmflow.files import sha256_file
-from store_fixtures import assert_row_equal, make_rows, write_store
+from tests._support.store_fixtures import assert_row_equal, make_rows, write_store
 from stores import RegionDataset, open_region_store
 from stores.exports import export_store
 from stores.integrity import CHECKSUM_FIELD, CRC_ATTR, feature_checksum

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from store_fixtures import DETECTOR, FIXED, assert_row_equal, make_rows, write_store
+from tests._support.store_fixtures import DETECTOR, FIXED, assert_row_equal, make_rows, write_store
 from itmflow.errors import SchemaVersionError, StoreError
 from stores import RegionStoreWriter, open_region_store
 from stores.schema import FORMAT, SCHEMA_VERSION

@@ -11,7 +11,7 @@ import pytest
 
 from itmflow.files import sha256_file
 
-from store_fixtures import assert_row_equal, make_rows, write_store
+from tests._support.store_fixtures import assert_row_equal, make_rows, write_store
 from stores import open_region_store
 from stores.convert import convert_store
 from stores.integrity import CHECKSUM_FIELD, feature_checksum

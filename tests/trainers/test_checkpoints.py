@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from itmflow.errors import CheckpointLayoutError, InputFileError, UnsafeCheckpointError
+from tests._support.tiny_bert import tiny_bert
 from trainers.checkpoints import (
     from_pretrained,
     load_authors_checkpoint,
@@ -23,8 +24,8 @@ from trainers.models.teran import TERAN, TeranConfig
 from trainers.models.tern import TERN, TernConfig
 
 D, E, H = 24, 16, 64
-TINY_BERT = {"vocab_size": 120, "hidden_size": H, "num_hidden_layers": 2, "num_attention_heads": 1,
-             "intermediate_size": 48, "max_position_embeddings": 64}
+TINY_BERT = tiny_bert(vocab_size=120, hidden_size=H, num_hidden_layers=2, num_attention_heads=1,
+                      intermediate_size=48, max_position_embeddings=64)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eval_fixtures import EvalWorld, eval_world
+from tests._support.eval_fixtures import EvalWorld, eval_world
 from itmflow.errors import ConfigError, InputFileError
 from pipeline.cli import app
 from trainers.evaluation.ndcg import create_relevance, finish_relevance, ndcg_protocol, open_relevance

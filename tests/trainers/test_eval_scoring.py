@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_fixtures import tiny_transformer_model
+from tests._support.eval_fixtures import tiny_transformer_model
 from itmflow.errors import ConfigError
 from trainers.models.sgraf import SGRAF, SgrafConfig
 from trainers.models.teran import TERAN

@@ -1,6 +1,6 @@
 """The learning test: the whole data → train → evaluate path learns, for TERN, TERAN and SGRAF.
 
-A synthetic collection with controlled meaning (``synthetic_collection``: region features encode
+A synthetic collection with controlled meaning (``tests._support.synthetic_collection``: region features encode
 which coloured objects an image shows, its captions name them) is written as real region and
 caption stores, each model trains on CPU for 100 iterations with the real loop (small dimensions,
 a 1-layer BERT with the real WordPiece vocabulary / a SCAN-built word vocabulary), and its ``best``
@@ -20,15 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from synthetic_collection import write_synthetic_stores
+from tests._support.synthetic_collection import write_synthetic_stores
+from tests._support.tiny_bert import tiny_bert
 from trainers.checkpoints import from_pretrained
 from trainers.data import MatchingData
 from trainers.training.config import build_config
 from trainers.training import Trainer, evaluate_split, train
 
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,
-             "type_vocab_size": 2}
+TINY_BERT = tiny_bert(hidden_size=64, intermediate_size=128, max_position_embeddings=64, type_vocab_size=2)
 TRANSFORMERS = {"bert_config": TINY_BERT, "bert_layers": 1, "visual_layers": 1, "embed_size": 64,
                 "layers": 1, "ff_dim": 128, "dropout": 0.0, "visual_dropout": 0.0}
 SETTINGS = {

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from itmflow.errors import ConfigError, ModelInputError
+from tests._support.tiny_bert import tiny_bert
 from trainers.losses import contrastive_loss
 from trainers.models import build_model, concat_embeddings, index_embeddings, make_config
 from trainers.models.sgraf import SGRAF, SgrafConfig
@@ -16,8 +17,7 @@ from trainers.training.model import require_fixed_regions
 from trainers.models.teran import TERAN, TeranConfig, alignment_scores
 from trainers.models.tern import TERN, TernConfig
 
-TINY_BERT = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 48, "max_position_embeddings": 64}
+TINY_BERT = tiny_bert(vocab_size=120, num_hidden_layers=2, intermediate_size=48, max_position_embeddings=64)
 D = 24
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from eval_fixtures import EvalWorld, eval_world
+from tests._support.eval_fixtures import EvalWorld, eval_world
 from itmflow.errors import ConfigError, InputFileError
 from pipeline.cli import app
 from trainers.checkpoints import from_pretrained

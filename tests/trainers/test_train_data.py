@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from itmflow.errors import StoreError
-from synthetic_collection import write_synthetic_stores
+from tests._support.synthetic_collection import write_synthetic_stores
 from trainers.data import (
     CaptionCollator,
     EpochBatchSampler,

@@ -12,13 +12,12 @@ import torch
 from PIL import Image
 
 from itmflow.errors import ConfigError
-from synthetic_collection import write_synthetic_stores
+from tests._support.synthetic_collection import write_synthetic_stores
+from tests._support.tiny_bert import tiny_bert
 from trainers.training.config import TrainConfig, build_config, learning_rate
 from trainers.training import Trainer, train
 
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
-             "type_vocab_size": 2}
+TINY_BERT = tiny_bert(max_position_embeddings=64, type_vocab_size=2)
 TINY = {
     "tern": {"bert_config": TINY_BERT, "bert_layers": 1, "visual_layers": 1, "embed_size": 32,
              "layers": 1, "ff_dim": 64},

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from itmflow.config import to_dict
 from itmflow.errors import CheckpointLayoutError, InputFileError
-from itmflow.files import atomic_write_json, fsync_dir, sha256_file
+from itmflow.files import atomic_path, atomic_write_json, sha256_file
 from itmflow.provenance import provenance
 from trainers.models import MODEL_CLASSES, config_from_dict
 from trainers.models.common import MatchingModel
@@ -41,12 +41,8 @@ def save_pretrained(model: MatchingModel, directory: str | os.PathLike[str], *,
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": FORMAT, "kind": model.kind})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, out / WEIGHTS_FILE)
-    fsync_dir(out)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "kind": model.kind})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -182,26 +182,26 @@ def create_relevance(path: str | os.PathLike[str], n_queries: int, n_images: int
     """A writable headerless float32 memmap ``[n_queries, n_images]`` (the authors' layout).
 
     Written under a temporary name; call :func:`finish_relevance` after filling it so a crash never
-    leaves a half matrix under the final name.
+    leaves a half matrix under the final name. (The caller fills the memmap between the two calls,
+    so this is :func:`itmflow.files.atomic_path` split in two: same temporary name, same commit.)
     """
+    from itmflow.files import temp_path_for
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.partial")
+    tmp = temp_path_for(p)
     return np.memmap(tmp, dtype=np.float32, mode="w+", shape=(n_queries, n_images))
 
 
 def finish_relevance(mm: np.memmap, path: str | os.PathLike[str]) -> Path:
     """Flush a matrix from :func:`create_relevance` and move it to its final name atomically."""
-    from itmflow.files import fsync_dir
+    from itmflow.files import commit_temp
 
     mm.flush()
     tmp = Path(mm.filename)
     del mm
     target = Path(path)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
+    commit_temp(tmp, target)  # fsync, rename, fsync the directory
     return target
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from itmflow.errors import InputFileError
-from itmflow.files import atomic_write_bytes, atomic_write_json
+from itmflow.files import atomic_path, atomic_write_bytes, atomic_write_json
 from itmflow.provenance import provenance
 from trainers.evaluation.ndcg import (
     NdcgResult,
@@ -156,9 +156,9 @@ class EvalReport:
             for method, r in self.pool_ndcg.items():
                 arrays[f"i2t_ndcg_{method}_all"] = r.i2t_per_query
                 arrays[f"t2i_ndcg_{method}_all"] = r.t2i_per_query
-        tmp = d / ".ranks.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, paths["ranks"])
+        # Through a handle: given a path without ".npz", numpy would append the suffix itself.
+        with atomic_path(paths["ranks"]) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
         return paths
 
 
@@ -251,9 +251,8 @@ def save_sims(path: str | os.PathLike[str], sims: np.ndarray) -> Path:
     """Write a similarity matrix as ``.npy`` (atomic)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp.npy")
-    np.save(tmp, sims)
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp, open(tmp, "wb") as handle:  # a handle: numpy appends no ".npy"
+        np.save(handle, sims)
     return p
 
 

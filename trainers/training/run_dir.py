@@ -27,7 +27,7 @@ import torch
 
 from itmflow.config import from_dict, to_dict
 from itmflow.errors import ConfigError, StoreError
-from itmflow.files import atomic_write_bytes, atomic_write_json
+from itmflow.files import atomic_path, atomic_write_bytes, atomic_write_json, fsync_dir
 from itmflow.provenance import provenance
 from trainers.checkpoints import save_pretrained
 from trainers.models import MatchingModel
@@ -38,13 +38,20 @@ STATE_FORMAT = "itmflow.training_state"
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a freshly written directory in for ``final`` (old copy kept until the swap is done)."""
+    """Swap a freshly written directory in for ``final`` (old copy kept until the swap is done).
+
+    Not :func:`itmflow.files.atomic_path`: that renames a file over its target in one step, and a
+    directory cannot be renamed over a non-empty one. So the old copy is moved aside first and
+    removed only after the new one is in place; :func:`recover_dir` repairs a crash in between.
+    The files inside were made durable when written; the parent is fsynced after the swap.
+    """
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
 
@@ -111,7 +118,8 @@ class RunDir:
             shutil.rmtree(tmp)
         save_pretrained(model, tmp, extra=extra)
         if state is not None:
-            torch.save({"format": STATE_FORMAT, "version": 1, **state}, tmp / STATE_FILE)
+            with atomic_path(tmp / STATE_FILE) as state_tmp:  # fsynced like the weights
+                torch.save({"format": STATE_FORMAT, "version": 1, **state}, state_tmp)
         if metrics is not None:
             atomic_write_json(tmp / "metrics.json", metrics)
         replace_dir(tmp, final)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from tests._support.tiny_bert import tiny_bert
+
 SPLITS = {"train": 8, "val": 5, "test": 10}
 FEATURE_DIM = 32
 _CACHE: dict[str, "EvalWorld"] = {}
@@ -34,8 +36,7 @@ class EvalWorld:
 
 # A one-layer BERT with the bert-base-uncased vocabulary, built empty (random weights): the
 # tokenizer stays the real MiniLM one (``bert`` below), loading pretrained weights is not needed.
-TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128}
+TINY_BERT = tiny_bert()
 
 
 def tiny_transformer_model(kind: str, bert: Path, seed: int, feature_dim: int = FEATURE_DIM):
@@ -67,7 +68,7 @@ def eval_world(tmp_root: Path, bert: Path) -> EvalWorld:
     """Build (once) and return the stores and models under ``tmp_root``."""
     if "world" in _CACHE:
         return _CACHE["world"]
-    from synthetic_collection import write_synthetic_stores
+    from tests._support.synthetic_collection import write_synthetic_stores
 
     from trainers.checkpoints import save_pretrained
 
