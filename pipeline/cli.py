@@ -23,6 +23,7 @@ from pipeline.commands import (
     store,
     tokenize,
     train,
+    weights,
 )
 
 app = typer.Typer(
@@ -52,7 +53,7 @@ def _root(
     _state["debug"] = debug
 
 
-for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, run):
+for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, run, weights):
     _module.register(app)
 
 

@@ -22,10 +22,8 @@ go through ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import numpy as np
 import torch
 
 from itmflow.errors import CheckpointLayoutError, InputFileError
-from itmflow.files import atomic_path, sha256_file
+from itmflow.files import sha256_file
 from itmflow.safe_pickle import restricted_load
 
 LAYOUTS = ("milvlg", "airsplay", "hf")
@@ -230,43 +228,19 @@ def check_against(model_state: dict[str, torch.Tensor], sd: dict[str, torch.Tens
 # ---------------------------------------------------------------- sources
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("ITMFLOW_CACHE") or os.path.join(Path.home(), ".cache", "itmflow")
-    return Path(base) / "weights"
-
-
 def resolve_weights(spec: str | os.PathLike[str]) -> Path:
-    """A local path as is; an ``http(s)://`` URL or a Hugging Face hub id downloaded to a cache.
-
-    Downloads happen only when a user names a URL or hub id (never in tests).
+    """A local path as is; a catalog NAME (``itmflow weights list``), an ``http(s)://`` URL or a
+    Hugging Face hub id through :func:`itmflow.weights.resolve` (cache first; downloaded where the
+    entry allows it). Downloads happen only when a user names one (never in tests).
     """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if path.exists():
-        return path
-    if re.match(r"^https?://", text):
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", text.rsplit("/", 1)[-1].split("?")[0]) or "weights"
-        target = _cache_dir() / hashlib.sha256(text.encode()).hexdigest()[:16] / name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with atomic_path(target) as tmp:
-                    urllib.request.urlretrieve(text, tmp)  # noqa: S310 - the user asked for this URL
-            except OSError as exc:
-                raise InputFileError(f"cannot download weights from {text}: {exc}") from None
-        return target
-    if re.match(r"^[\w.-]+/[\w.-]+$", text):
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise InputFileError(f"{text!r} is not a local path; to fetch it from the Hugging Face "
-                                 "hub install huggingface_hub (pip install 'itmflow[hub]')") from None
-        try:
-            return Path(snapshot_download(text, allow_patterns=list(HUB_FILES)))
-        except Exception as exc:  # network / auth / missing repo: say which
-            raise InputFileError(f"cannot download {text!r} from the Hugging Face hub: {exc}") from None
-    raise InputFileError(f"weights {text!r} not found: give a .pth / .pkl file, a directory with "
-                         f"{HF_WEIGHTS} + {HF_CONFIG}, a URL or a hub id")
+    from itmflow.weights import resolve
+
+    path = resolve(spec)
+    if path is None:
+        raise InputFileError(f"weights {str(spec)!r} not found: give a .pth / .pkl file, a directory "
+                             f"with {HF_WEIGHTS} + {HF_CONFIG}, a name from `itmflow weights list`, "
+                             "a URL or a hub id")
+    return path
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str, Path, dict[str, Any]]:

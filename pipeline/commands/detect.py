@@ -25,7 +25,8 @@ def detect(
     images: list[Path] = typer.Argument(..., help="Image files to run the detector on."),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="BUTD checkpoint: MILVLG .pth, airsplay .pkl, HF directory "
-                                "(pytorch_model.bin + config.yaml), a URL or a hub id."),
+                                "(pytorch_model.bin + config.yaml), a name from `itmflow weights "
+                                "list`, a URL or a hub id."),
     random_init: bool = typer.Option(False, "--random-init",
                                      help="Seeded random weights instead of a checkpoint (smoke runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),

@@ -18,9 +18,9 @@ import typer
 def evaluate_command(
     run: Optional[Path] = typer.Argument(None, help="Run directory of `itmflow train` (evaluates "
                                          "its best/ checkpoint)."),
-    checkpoint: list[Path] = typer.Option([], "--checkpoint", help="Model directory (ours) or "
-                                          "authors' .pth(.tar); repeat to ensemble (SGR + SAF = "
-                                          "SGRAF)."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", help="Model directory (ours), "
+                                         "authors' .pth(.tar), a name from `itmflow weights "
+                                         "list` or a URL; repeat to ensemble (SGR + SAF = SGRAF)."),
     sims_in: list[Path] = typer.Option([], "--sims", help="Similarity matrix .npy saved by "
                                        "--save-sims; repeat to ensemble."),
     regions: Path = typer.Option(..., "--regions", help="Region store directory."),

@@ -15,7 +15,7 @@ def extract(
     collection: Path = typer.Argument(..., help="Collection table written by `itmflow ingest` (.parquet)."),
     out: Path = typer.Option(..., "--out", "-o", help="Region store directory (created or resumed)."),
     storage: str = typer.Option("parquet", "--storage", help="Store format: parquet | hdf5."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Detector weights (MILVLG .pth, airsplay .pkl, HF dir)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Detector weights (MILVLG .pth, airsplay .pkl, HF dir, or a name from `itmflow weights list`)."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random detector: for tests and demos; features are meaningless."),
     seed: int = typer.Option(0, "--seed", help="Seed of --random-init."),
     vocab: Optional[str] = typer.Option(None, "--vocab", help="Directory with objects_vocab.txt / attributes_vocab.txt."),

@@ -55,8 +55,9 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ..."),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
-    bert: Optional[str] = typer.Option(None, "--bert", help="BERT directory or hub id for TERN/TERAN "
-                                       "(default bert-base-uncased)."),
+    bert: Optional[str] = typer.Option(None, "--bert", help="BERT directory (config.json + "
+                                       "model.safetensors + vocab.txt) or hub id for TERN/TERAN "
+                                       "(default bert-base-uncased, from the HF cache)."),
     vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN word-vocabulary JSON for SGRAF "
                                          "(sets the vocabulary size; copied into the run)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),

@@ -29,8 +29,14 @@ from trainers.models import MatchingModel
 
 def load_model(source: str | os.PathLike[str], kind: str | None = None, *,
                device: str | torch.device = "cpu", bert: str | None = None) -> MatchingModel:
-    """One entry point: our model directory (``config.json``) or an authors' checkpoint file."""
+    """One entry point: our model directory (``config.json``) or an authors' checkpoint file
+    (also as a catalog name of ``itmflow weights list`` or a URL, resolved through the cache)."""
     p = Path(source)
+    if not p.exists():
+        from itmflow.weights import get_entry, is_url, resolve
+
+        if get_entry(str(source)) is not None or is_url(str(source)):
+            p = resolve(str(source)) or p  # a name of `itmflow weights list`, or a URL
     if p.is_dir():
         return from_pretrained(p, device=device)
     return load_authors_checkpoint(p, kind, bert=bert, device=device)

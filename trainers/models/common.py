@@ -104,6 +104,10 @@ class BertTextEncoder(nn.Module):
         else:
             from transformers.utils import logging as hf_logging
 
+            from itmflow.weights import resolve_bert
+
+            # A local directory now, or one line naming --bert DIR (no hub retries offline).
+            name_or_dir = str(resolve_bert(name_or_dir))
             # The pooler (and layers past ``layers``) are dropped on purpose; transformers would
             # print them as unexpected keys on every load.
             verbosity = hf_logging.get_verbosity()
@@ -114,10 +118,11 @@ class BertTextEncoder(nn.Module):
                 self.bert_model = BertModel.from_pretrained(
                     name_or_dir, num_hidden_layers=layers, add_pooling_layer=False)
             except (OSError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise ConfigError(
-                    f"cannot load BERT weights from {name_or_dir!r}: {exc}. Give a local directory "
-                    "holding config.json and the weights (model_config.bert), or a hub id while "
-                    "online") from None
+                    f"cannot load BERT weights from {name_or_dir}: {first}; pass --bert DIR, a "
+                    "directory holding config.json + model.safetensors (or pytorch_model.bin) + "
+                    "vocab.txt") from None
             finally:
                 hf_logging.set_verbosity(verbosity)
                 if bars:

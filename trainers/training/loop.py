@@ -35,7 +35,7 @@ from trainers.data import MatchingData, PairCollator, EpochBatchSampler
 from itmflow.devices import resolve_device
 from trainers.training.config import TrainConfig, learning_rate
 from trainers.checkpoints import from_pretrained
-from trainers.training.model import build_model, check_region_policy, make_optimizer
+from trainers.training.model import build_model, check_bert, check_region_policy, make_optimizer
 from trainers.training.rng import rng_state, seed_everything, set_rng_state
 from trainers.training.run_dir import RunDir
 from trainers.training.step import optimisation_step
@@ -316,6 +316,8 @@ def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | 
                                 "region_policy") if k in data.images.manifest},
               "caption_store": {k: v for k, v in data.captions.manifest.items()
                                 if k not in ("provenance",)}}
+    if not resume:
+        check_bert(config, data, bert=bert)  # before --out is created: a bad BERT is one line
     trainer = Trainer(config, data, out, resume=resume, bert=bert, inputs=inputs, console=console)
     source = Path(vocab) if vocab is not None else Path(captions) / "vocab.json"
     if "words" in data.needs and source.is_file() and \

@@ -44,6 +44,20 @@ def build_model(config: TrainConfig, data: MatchingData | None = None, *,
     return build(config.model, model_config(config, data, bert=bert))
 
 
+def check_bert(config: TrainConfig, data: MatchingData | None = None, *,
+               bert: str | None = None) -> None:
+    """Fail at once, before a run directory exists, when the model needs BERT weights (TERN /
+    TERAN without a ``bert_config``) that are neither a valid local directory nor cached/reachable
+    (:func:`itmflow.weights.resolve_bert`: one line naming ``--bert DIR``)."""
+    cfg = model_config(config, data, bert=bert)
+    name = getattr(cfg, "bert", None)
+    if name is None or getattr(cfg, "bert_config", None) is not None:
+        return
+    from itmflow.weights import resolve_bert
+
+    resolve_bert(name)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam over all trainable parameters; BERT's group carries ``bert_lr_scale``."""
     bert, rest = [], []
