@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from itmflow.errors import ConfigError, InputFileError
-from itmflow.files import commit_temp
+from itmflow.files import commit_temp, sha256_file
 
 #: ``progress(done_bytes, total_bytes_or_None)`` during a download
 Progress = Callable[[int, "int | None"], None]
@@ -281,7 +281,7 @@ def download_url(url: str, dest: str | os.PathLike[str], *, sha256: str | None =
     part = target.with_name(target.name + ".part")
     created = not target.parent.exists()
     if target.is_file():
-        if want and sha256_of(target) != want:
+        if want and sha256_file(target) != want:
             raise DownloadError(f"{target} is already there but its sha256 is not {want}; delete "
                                 "it to download again")
         return target
@@ -298,7 +298,7 @@ def download_url(url: str, dest: str | os.PathLike[str], *, sha256: str | None =
                     raise DownloadError(f"download of {url} stopped at {exc.done} bytes "
                                         f"({exc.reason}); run the command again to resume from "
                                         f"{part}") from None
-        got = sha256_of(part)
+        got = sha256_file(part)
         if want and got != want:
             part.unlink(missing_ok=True)
             if created:
@@ -374,15 +374,6 @@ def _fetch_once(url: str, part: Path, *, progress: Progress | None, timeout: flo
         if expected is not None and received < expected:
             raise _Interrupted(done + received, f"connection closed after {received} of "
                                                 f"{expected} bytes")
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------- hub
@@ -511,7 +502,7 @@ def download(spec: str, *, to: str | os.PathLike[str] | None = None, sha256: str
 
 def _verify_hub_file(path: Path, want: str | None) -> None:
     if want and path.is_file():
-        got = sha256_of(path)
+        got = sha256_file(path)
         if got != want:
             raise DownloadError(f"sha256 mismatch for {path}: expected {want}, got {got}")
 
@@ -621,4 +612,4 @@ def resolve_bert(spec: str | os.PathLike[str]) -> Path:
 
 __all__ = ["BERT_REQUIRED", "CATALOG", "DownloadError", "WeightsEntry", "cache_dir", "cached_path",
            "download", "download_url", "get_entry", "hub_cache_dir", "hub_download", "hub_offline",
-           "resolve", "resolve_bert", "sha256_of"]
+           "resolve", "resolve_bert"]
