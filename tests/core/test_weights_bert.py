@@ -5,7 +5,6 @@ unreachable, or a missing --bert directory), `itmflow train` fails at once in on
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
-from synthetic_collection import write_synthetic_stores  # noqa: E402  (tests/trainers helper)
+from tests._support.synthetic_collection import write_synthetic_stores
 
 from itmflow.errors import ConfigError  # noqa: E402
 

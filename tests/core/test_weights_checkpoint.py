@@ -5,15 +5,12 @@ the file they fetched by hand)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainers"))
-from eval_fixtures import FEATURE_DIM, _authors_sgraf  # noqa: E402  (tests/trainers helpers)
-from synthetic_collection import write_synthetic_stores  # noqa: E402
+from tests._support.eval_fixtures import FEATURE_DIM, _authors_sgraf
+from tests._support.synthetic_collection import write_synthetic_stores
 
 
 @pytest.mark.slow

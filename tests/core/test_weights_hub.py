@@ -4,15 +4,13 @@ layout is built by hand, the checkpoint is random-valued in the real HF layout, 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detectors"))
-from butd_layouts import SMALL, write_hf  # noqa: E402  (tests/detectors helper)
+from tests._support.butd_layouts import SMALL, write_hf
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
