@@ -6,15 +6,23 @@ PY      = $(VENV)/bin/python
 WEIGHTS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo venv bench docs docs-serve clean
+.PHONY: test demo venv browser bench docs docs-serve clean
 
 $(STAMP): pyproject.toml
+	$(MAKE) browser
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Headless Chromium + chromedriver for the web-page test of `itmflow serve` (Debian packages; CI runs
+# as root, elsewhere sudo is used when there is one).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

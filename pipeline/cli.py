@@ -20,6 +20,7 @@ from pipeline.commands import (
     extract,
     ingest,
     run,
+    serve,
     store,
     tokenize,
     train,
@@ -52,7 +53,7 @@ def _root(
     _state["debug"] = debug
 
 
-for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, run):
+for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, serve, run):
     _module.register(app)
 
 
