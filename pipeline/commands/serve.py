@@ -27,8 +27,8 @@ def serve_command(
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="BERT tokenizer directory "
                                             "or id (default: the model's)."),
     device: str = typer.Option("cpu", "--device", help="Device for encoding text queries."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for encoding "
-                                          "(default: torch's)."),
+    threads: int = typer.Option(1, "--threads", help="torch threads per text query (queries "
+                                "running at once are encoded in parallel)."),
 ) -> None:
     """Serve an embedding directory: JSON API (/api, /openapi.json) and a web page (/)."""
     from rich.console import Console

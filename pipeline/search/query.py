@@ -78,8 +78,9 @@ class TextEncoder:
     """A loaded model + tokenizer that turn text queries into l2-normalised global vectors ``[1, D]``.
 
     Built once (``itmflow serve`` keeps one for its lifetime; :func:`encode_text` builds one per
-    call). The tokenizer's vocabulary is checked against the one recorded by ``embed``. Calls are
-    serialised with a lock: a fast tokenizer refuses concurrent use ("Already borrowed").
+    call). The tokenizer's vocabulary is checked against the one recorded by ``embed``. Tokenizing
+    is serialised with a lock (a fast tokenizer refuses concurrent use: "Already borrowed"); the
+    forward passes of concurrent calls run in parallel.
     """
 
     def __init__(self, emb: EmbeddingDir, model_path: PathLike | None = None,
@@ -113,16 +114,15 @@ class TextEncoder:
             raise ConfigError("the --text query is empty")
         with self._lock:
             ids, _ = encode_captions(self.tokenizer, [text])
-            batch = {"bert_ids": torch.tensor(ids, dtype=torch.long, device=self.device),
-                     "bert_lengths": torch.tensor([len(ids[0])], dtype=torch.long,
-                                                  device=self.device)}
-            with torch.inference_mode():
-                vec = self.model.global_embeddings(self.model.encode_captions(batch))
-            if vec is None:
-                raise ConfigError(f"model kind {getattr(self.model, 'kind', '?')!r} has no global "
-                                  "vectors to query with; use a TERN or TERAN model")
-            vec = torch.nn.functional.normalize(vec.float(), dim=-1)
-            return vec.cpu().numpy().astype(np.float32)
+        batch = {"bert_ids": torch.tensor(ids, dtype=torch.long, device=self.device),
+                 "bert_lengths": torch.tensor([len(ids[0])], dtype=torch.long, device=self.device)}
+        with torch.inference_mode():       # an eval-mode forward is safe from several threads
+            vec = self.model.global_embeddings(self.model.encode_captions(batch))
+        if vec is None:
+            raise ConfigError(f"model kind {getattr(self.model, 'kind', '?')!r} has no global "
+                              "vectors to query with; use a TERN or TERAN model")
+        vec = torch.nn.functional.normalize(vec.float(), dim=-1)
+        return vec.cpu().numpy().astype(np.float32)
 
 
 def encode_text(emb: EmbeddingDir, text: str, model_path: PathLike | None = None,
