@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 WEIGHTS ?=
 STAMP   = $(VENV)/.installed
 
-.PHONY: test test-fast demo venv bench docs docs-serve clean
+.PHONY: test test-fast demo venv browser bench docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# Headless Chromium + chromedriver for the web-page test of `itmflow serve` (Debian packages; CI runs
+# as root, elsewhere sudo is used when there is one).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+test: browser $(STAMP)
 	$(PY) -m pytest tests -q
 
 # Everything except the tests marked slow or ray (training runs, Ray jobs): the subset to run while working.
-test-fast: $(STAMP)
+test-fast: browser $(STAMP)
 	$(PY) -m pytest tests -q -m "not slow and not ray"
 
 demo: $(STAMP)

@@ -20,6 +20,7 @@ from pipeline.commands import (
     extract,
     ingest,
     run,
+    serve,
     store,
     tokenize,
     train,
@@ -53,7 +54,7 @@ def _root(
     _state["debug"] = debug
 
 
-for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, run, weights):
+for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, serve, weights, run):
     _module.register(app)
 
 

@@ -74,32 +74,64 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")[:48] or "query"
 
 
+class TextEncoder:
+    """A loaded model + tokenizer that turn text queries into l2-normalised global vectors ``[1, D]``.
+
+    Built once (``itmflow serve`` keeps one for its lifetime; :func:`encode_text` builds one per
+    call). The tokenizer's vocabulary is checked against the one recorded by ``embed``. Tokenizing
+    is serialised with a lock (a fast tokenizer refuses concurrent use: "Already borrowed"); the
+    forward passes of concurrent calls run in parallel.
+    """
+
+    def __init__(self, emb: EmbeddingDir, model_path: PathLike | None = None,
+                 tokenizer: str | None = None, device: str = "cpu") -> None:
+        import threading
+
+        from pipeline.text.bert import load_bert_tokenizer
+        from trainers.checkpoints import load_model
+
+        source = model_path or (emb.path / emb.manifest["model"]["source"])
+        self.device = device
+        self.model = load_model(source, device=device)
+        self.model.eval()
+        tok_info = emb.manifest.get("tokenizer") or {}
+        tok_source = tokenizer or tok_info.get("source") or "bert-base-uncased"
+        tok = load_bert_tokenizer(tok_source)
+        expected = tok_info.get("vocab_sha256")
+        if expected and tok.vocab_sha256 != expected:
+            raise TokenizerError(f"tokenizer {tok_source!r} has vocabulary sha256 {tok.vocab_sha256[:12]}…, "
+                                 f"but the captions were tokenized with {expected[:12]}… "
+                                 f"({tok_info.get('name')}); pass --tokenizer with that tokenizer")
+        self.tokenizer = tok
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> np.ndarray:
+        import torch
+
+        from pipeline.text.bert import encode_captions
+
+        if not text.strip():
+            raise ConfigError("the --text query is empty")
+        with self._lock:
+            ids, _ = encode_captions(self.tokenizer, [text])
+        batch = {"bert_ids": torch.tensor(ids, dtype=torch.long, device=self.device),
+                 "bert_lengths": torch.tensor([len(ids[0])], dtype=torch.long, device=self.device)}
+        with torch.inference_mode():       # an eval-mode forward is safe from several threads
+            vec = self.model.global_embeddings(self.model.encode_captions(batch))
+        if vec is None:
+            raise ConfigError(f"model kind {getattr(self.model, 'kind', '?')!r} has no global "
+                              "vectors to query with; use a TERN or TERAN model")
+        vec = torch.nn.functional.normalize(vec.float(), dim=-1)
+        return vec.cpu().numpy().astype(np.float32)
+
+
 def encode_text(emb: EmbeddingDir, text: str, model_path: PathLike | None = None,
                 tokenizer: str | None = None, device: str = "cpu") -> np.ndarray:
     """The l2-normalised global vector ``[1, D]`` of a text query, tokenized like the embedded
     captions (the tokenizer's vocabulary is checked against the one recorded by ``embed``)."""
-    import torch
-
-    from pipeline.search.embeddings import global_vectors
-    from pipeline.text.bert import encode_captions, load_bert_tokenizer
-    from trainers.checkpoints import load_model
-
     if not text.strip():
         raise ConfigError("the --text query is empty")
-    source = model_path or (emb.path / emb.manifest["model"]["source"])
-    model = load_model(source, device=device)
-    tok_info = emb.manifest.get("tokenizer") or {}
-    tok_source = tokenizer or tok_info.get("source") or "bert-base-uncased"
-    tok = load_bert_tokenizer(tok_source)
-    expected = tok_info.get("vocab_sha256")
-    if expected and tok.vocab_sha256 != expected:
-        raise TokenizerError(f"tokenizer {tok_source!r} has vocabulary sha256 {tok.vocab_sha256[:12]}…, "
-                             f"but the captions were tokenized with {expected[:12]}… "
-                             f"({tok_info.get('name')}); pass --tokenizer with that tokenizer")
-    ids, _ = encode_captions(tok, [text])
-    batch = {"bert_ids": torch.tensor(ids, dtype=torch.long),
-             "bert_lengths": torch.tensor([len(ids[0])], dtype=torch.long)}
-    return global_vectors(model, [batch], "captions", device=device)
+    return TextEncoder(emb, model_path, tokenizer, device)(text)
 
 
 def search(config: SearchConfig) -> SearchResult:
@@ -146,4 +178,4 @@ def search(config: SearchConfig) -> SearchResult:
     return SearchResult(title=title, target=target, hits=hits, png=png)
 
 
-__all__ = ["SearchConfig", "SearchResult", "encode_text", "search"]
+__all__ = ["SearchConfig", "SearchResult", "TextEncoder", "encode_text", "search"]
