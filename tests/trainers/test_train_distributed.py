@@ -139,7 +139,22 @@ def test_two_workers_train_the_single_process_weights(model: str, stores, ray_lo
     worst = max(diff, key=diff.get)
     print(f"\n{model}: 2 workers vs 1 process after {STEPS} steps: max relative weight "
           f"difference {diff[worst]:.2e} ({worst})")
-    assert diff[worst] <= RTOL, f"{worst}: {diff[worst]:.2e}"
+    tolerance = RTOL
+    if model == "sgraf-sgr":
+        # SGR's graph layers amplify rounding: ONE process on 1 thread instead of 2 already ends
+        # 3e-5 (3 steps) to 1.5e-4 (6 steps) away, so 1e-5 is below this model's float noise.
+        # Hold the 2 workers to that floor, measured here.
+        other = root / f"{model}-single-1thread"
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if threads > 1 else 2)
+        try:
+            train(config(model), stores.regions, stores.captions, other)
+        finally:
+            torch.set_num_threads(threads)
+        floor = max(relative_differences(weights(other), weights(ref)).values())
+        print(f"{model}: 1 process, other thread count: {floor:.2e} (the noise floor)")
+        tolerance = max(RTOL, floor)
+    assert diff[worst] <= tolerance, f"{worst}: {diff[worst]:.2e}"
     la, lb = losses(ref), losses(out)
     assert la.keys() == lb.keys()
     assert all(abs(la[s] - lb[s]) <= 1e-4 * max(1.0, abs(la[s])) for s in la)
