@@ -185,7 +185,7 @@ def test_without_the_gather_two_workers_train_other_weights(stores, ray_local,
 def test_killed_worker_restarts_from_checkpoint(stores, ray_local, tmp_path: Path,
                                                 tmp_path_factory) -> None:
     """SIGKILL worker 1 after step 5 (checkpoints every 2 steps): Ray Train restarts the group
-    from step 4 and the finished run has the weights of the uninterrupted 2-worker run."""
+    from the last checkpoint and the finished run has the weights of the uninterrupted run."""
     root = tmp_path_factory.getbasetemp() / "dist-runs"
     straight = _RUNS.get("tern-2w")
     if straight is None:
@@ -199,7 +199,9 @@ def test_killed_worker_restarts_from_checkpoint(stores, ray_local, tmp_path: Pat
                                                    kill_at=(1, 5, str(marker))))
     assert marker.is_file(), "the worker was not killed"
     assert summary["steps"] == STEPS
-    assert summary["steps_this_run"] == STEPS - 4  # restarted from the step-4 checkpoint
+    # Restarted from a checkpoint (step 4, or step 2 when the controller had not yet registered
+    # the step-4 report when the worker died), not from scratch.
+    assert summary["steps_this_run"] in (STEPS - 4, STEPS - 2)
     wa, wb = weights(straight), weights(out)
     different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     diff = relative_differences(wb, wa)
