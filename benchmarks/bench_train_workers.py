@@ -79,6 +79,10 @@ def main() -> None:
 
     if cuda and not torch.cuda.is_available():
         sys.exit("no CUDA device visible")
+    # Ray gives a 1-CPU worker one intra-op thread (OMP_NUM_THREADS=1); the in-process run gets
+    # the same, so 1 vs N workers compares processes, not thread pools (on a loaded machine a
+    # 2-thread pool can be many times slower than one thread).
+    torch.set_num_threads(1)
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR", configure_logging=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-workers-"))
@@ -113,7 +117,8 @@ def main() -> None:
 
     result = {"benchmark": "bench_train_workers", "device": args.device, "model": "tern",
               "model_config": "paper sizes" if cuda else "small (CPU)", "scaling": args.scaling,
-              "cpus": __import__("os").cpu_count(), "host": platform.node(),
+              "cpus": __import__("os").cpu_count(), "threads_per_process": 1,
+              "load_average_1min": __import__("os").getloadavg()[0], "host": platform.node(),
               "gpu": torch.cuda.get_device_name(0) if cuda else None, "rows": rows}
     out = Path(args.out)
     if cuda and out.name == "train_workers.json":
