@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The evaluation checks that need a CUDA GPU, as one run (for a lent GPU machine, or any CUDA box):
+# The checks that need a CUDA GPU, as one run (for a lent GPU machine, or any CUDA box):
 # GPU block scoring against the CPU, then the scoring benchmark on the device (target: >= 10x the
 # originals' per-caption loop). Uses $PYTHON (default: the project's .venv if present, else
 # python3 with the repository on PYTHONPATH); results land in benchmarks/results/eval.json.
@@ -11,3 +11,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
     "tests/trainers/test_eval_scoring.py::test_gpu_block_scoring_equals_cpu"
 "$PYTHON" benchmarks/bench_eval.py --device cuda
+# Training on several GPUs (Ray Train, NCCL): TERN at the paper's sizes on 1, 2 and 4 workers, one
+# GPU each (as many as the machine has); target: scaling efficiency >= 0.85. Results land in
+# benchmarks/results/train_workers_cuda.json.
+GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+COUNTS=$(for n in 1 2 4; do [ "$n" -le "$GPUS" ] && printf '%s,' "$n"; done)
+"$PYTHON" benchmarks/bench_train_workers.py --device cuda --workers "${COUNTS%,}"

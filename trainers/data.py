@@ -287,6 +287,28 @@ class EpochBatchSampler(Sampler[list[int]]):
             yield order[b * self.batch_size:(b + 1) * self.batch_size]
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Worker ``rank``'s contiguous slice of every global batch of an :class:`EpochBatchSampler`.
+
+    With N workers, global batch ``[i_0 .. i_{B-1}]`` is cut into N contiguous slices (the first
+    ``B % N`` one sample longer, :func:`trainers.training.distributed.split_sizes`); worker r
+    reads only slice r from the stores. Concatenating the slices in rank order gives back the batch
+    one process would see, so the sequence of global batches does not depend on N.
+    """
+
+    def __init__(self, batches: EpochBatchSampler, rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            base, extra = divmod(len(batch), self.world_size)
+            start = self.rank * base + min(self.rank, extra)
+            yield batch[start:start + base + (1 if self.rank < extra else 0)]
+
+
 class MatchingData:
     """A region store and a caption store joined for one model: training pairs + evaluation sets.
 

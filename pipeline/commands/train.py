@@ -54,7 +54,23 @@ def train_command(
                                             "(0: at epoch ends only)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Training processes: N > 1 runs the "
+                                "loop as a Ray Train job on N workers, each taking a 1/N slice of "
+                                "every batch (same optimisation as 1 process); 1 = in-process."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per Ray Train worker (default: 1 when the cluster "
+        "has GPUs and --device is not cpu, else 0)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run the workers "
+                                          "on (host:port of `ray start --head`; default "
+                                          "RAY_ADDRESS, else a local Ray)."),
+    storage_path: Optional[str] = typer.Option(
+        None, "--storage-path", help="Where Ray Train keeps checkpoint copies for restarts "
+        "(shared across machines; default OUT/.ray)."),
+    max_failures: int = typer.Option(3, "--max-failures", min=0, help="Restart the workers from "
+                                     "the last checkpoint at most this many times."),
+    loader_workers: Optional[int] = typer.Option(None, "--loader-workers",
+                                                 help="DataLoader worker processes per training "
+                                                 "process (config key `workers`)."),
     bert: Optional[str] = typer.Option(None, "--bert", help="BERT directory (config.json + "
                                        "model.safetensors + vocab.txt) or hub id for TERN/TERAN "
                                        "(default bert-base-uncased, from the HF cache)."),
@@ -73,7 +89,7 @@ def train_command(
     options: dict[str, Any] = {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "val_every": val_every, "seed": seed,
-        "device": device, "workers": workers, "progress": progress}
+        "device": device, "workers": loader_workers, "progress": progress}
     overrides = _overrides(config, options)
     if vocab is not None:
         from pipeline.text.vocab import WordVocab
@@ -85,8 +101,21 @@ def train_command(
         overrides.setdefault("model_config", {}).setdefault("vocab_size", size)
     cfg = build_config(model, overrides=overrides, where=str(config or "options"))
     console = Console(stderr=True)
-    summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
-                    console=console)
+    if workers > 1:
+        from pipeline.extract.cluster import ray_session
+        from trainers.training.distributed import DistributedOptions
+
+        options_ = DistributedOptions(workers=workers, gpus_per_worker=gpus_per_worker,
+                                      storage_path=storage_path, max_failures=max_failures)
+        with ray_session(address):
+            summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
+                            console=console, distributed=options_)
+    else:
+        if address is not None or gpus_per_worker is not None:
+            raise ConfigError("--address and --gpus-per-worker need --workers N with N > 1 (a "
+                              "Ray Train job); one worker trains in this process")
+        summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
+                        console=console)
     best = summary.get("best") or {}
     if not best:
         typer.echo(f"no validation ran ({summary['steps']} steps; set --val-every or train an "

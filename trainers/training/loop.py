@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from itmflow.config import to_dict
 from itmflow.files import atomic_write_json
-from trainers.data import MatchingData, PairCollator, EpochBatchSampler
+from trainers.data import MatchingData, PairCollator, EpochBatchSampler, ShardedBatchSampler
 from itmflow.devices import resolve_device
 from trainers.training.config import TrainConfig, learning_rate
 from trainers.checkpoints import from_pretrained
@@ -43,6 +43,8 @@ from trainers.training.validation import evaluate_split
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from trainers.training.distributed import DistributedOptions, WorkerContext
 
 PLOT_EVERY_S = 60.0
 
@@ -65,35 +67,62 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: MatchingData, out: str | os.PathLike[str], *,
                  resume: bool = False, bert: str | None = None,
                  inputs: dict[str, Any] | None = None,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, worker: WorkerContext | None = None) -> None:
         self.config = config
         self.data = data
         self.out = Path(out)
         self.bert = bert
         self.inputs = inputs or {}
         self.console = console
-        self.device = resolve_device(config.device)
+        # This process's place among Ray Train workers (trainers.training.distributed); None for
+        # the in-process loop. Only rank 0 writes the run directory and validates.
+        self.worker = worker
+        self.is_main = worker is None or worker.is_main
+        self.device = worker.device if worker is not None else resolve_device(config.device)
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
         self._plotted = -math.inf
         self.run = RunDir(self.out)
-        self.run.prepare(config, resume=resume)
-        self.run.write_config(config, {
-            "model": config.model, "inputs": self.inputs, "bert": bert, "device": str(self.device),
-            "train_captions": len(data.captions.rows_of("train"))})
+        resume_dir = self.out / "last"
+        if worker is None:
+            self.run.prepare(config, resume=resume)
+        elif resume:
+            # The driver checked the run directory; a worker (re)starts from the checkpoint Ray
+            # Train hands it (rank 0's last/ as last reported, or --resume's last/).
+            resume_dir = worker.resume_dir or resume_dir
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if worker is not None and not resume and self.run.log_file.exists():
+                self.run.log_file.unlink()  # a restart before the first checkpoint: start afresh
+            record = {"model": config.model, "inputs": self.inputs, "bert": bert,
+                      "device": str(self.device),
+                      "train_captions": len(data.captions.rows_of("train"))}
+            if worker is not None:
+                record["workers"] = worker.world_size
+            self.run.write_config(config, record)
         seed_everything(config.seed)
         if resume:
             # The saved config.json rebuilds the architecture offline (no BERT download).
-            self.model = from_pretrained(self.out / "last").to(self.device)
+            self.model = from_pretrained(resume_dir).to(self.device)
         else:
             self.model = build_model(config, data, bert=bert).to(self.device)
         check_region_policy(self.model, data)
+        # What the optimisation step calls: the model, or DDP around the global-batch scorer.
+        self.train_model: torch.nn.Module = self.model
+        if worker is not None:
+            from trainers.training.distributed import wrap_for_training
+
+            self.train_model = wrap_for_training(self.model, worker)
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype() == torch.float16)
         self.pairs = data.train_pairs("train")
-        self.evalset = data.eval_set("val", max_images=config.val_images)
+        if worker is not None:
+            from trainers.training.distributed import check_batches
+
+            check_batches(len(self.pairs), config.batch_size, worker.world_size)
+        self.evalset = data.eval_set("val", max_images=config.val_images) if self.is_main else None
         if resume:
-            self._load_state()
+            self._load_state(resume_dir)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -106,6 +135,10 @@ class Trainer:
 
     def _save(self, name: str, *, with_state: bool, metrics: dict[str, Any] | None = None) -> None:
         p = self.progress
+        if not self.is_main:
+            if name == "last" and self.worker is not None:
+                self._report_last()
+            return
         state = None
         if with_state:
             state = {"optimizer": self.optimizer.state_dict(),
@@ -116,9 +149,18 @@ class Trainer:
         self.run.save(name, self.model, extra={"step": p.step, "epoch": p.epoch,
                                                "train_config": to_dict(self.config)},
                       state=state, metrics=metrics)
+        if name == "last" and self.worker is not None:
+            self._report_last()
 
-    def _load_state(self) -> None:
-        state = self.run.load_state()
+    def _report_last(self) -> None:
+        # Workers: every save of last/ is also Ray Train's checkpoint (a barrier of all workers).
+        from trainers.training.distributed import report_checkpoint
+
+        p = self.progress
+        report_checkpoint(self.worker, self.out / "last", {"step": p.step, "epoch": p.epoch})
+
+    def _load_state(self, last: Path | None = None) -> None:
+        state = self.run.load_state(last)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
@@ -126,12 +168,14 @@ class Trainer:
                                  best_step=state["best_step"],
                                  best_metrics=json.loads(state["best_metrics"]))
         set_rng_state(state["rng"])
-        if self.run.log_file.is_file():
+        if self.is_main and self.run.log_file.is_file():
             self.history = self.run.trim_log(self.progress.step)
 
     # -- logging ---------------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
         self.history.append(record)
         self.run.append_log(record)
 
@@ -140,6 +184,8 @@ class Trainer:
         from trainers.plots import plot_curves
 
         path = self.out / "curves.png"
+        if not self.is_main:
+            return path
         self._plotted = time.perf_counter()
         plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}")
         return path
@@ -147,7 +193,12 @@ class Trainer:
     # -- validation ------------------------------------------------------------------------
 
     def validate(self) -> dict[str, Any]:
-        """Score the val split, log it, and save ``best`` when the selected metric improves."""
+        """Score the val split, log it, and save ``best`` when the selected metric improves.
+
+        With several workers only rank 0 validates (the others wait at the next collective).
+        """
+        if not self.is_main:
+            return {}
         self.model.eval()
         metrics = evaluate_split(self.model, self.data, batch_size=self.config.eval_batch_size,
                                  device=self.device, evalset=self.evalset)
@@ -168,8 +219,11 @@ class Trainer:
     # -- training --------------------------------------------------------------------------
 
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
-        sampler = EpochBatchSampler(len(self.pairs), self.config.batch_size, seed=self.config.seed,
-                                    epoch=epoch, start_batch=start_batch)
+        sampler: EpochBatchSampler | ShardedBatchSampler = EpochBatchSampler(
+            len(self.pairs), self.config.batch_size, seed=self.config.seed, epoch=epoch,
+            start_batch=start_batch)
+        if self.worker is not None:
+            sampler = ShardedBatchSampler(sampler, self.worker.rank, self.worker.world_size)
         # A private generator: creating the iterator must not draw from the global RNG.
         return DataLoader(self.pairs, batch_sampler=sampler, collate_fn=PairCollator(self.data.needs),
                           num_workers=self.config.workers,
@@ -180,7 +234,14 @@ class Trainer:
                    ) -> float:
         """One optimiser step at the scheduled LR; returns the loss."""
         p = self.progress
-        return optimisation_step(self.model, self.optimizer, self.scaler, images, captions,
+        if self.worker is not None:
+            from trainers.training.distributed import split_sizes, step_seed
+
+            torch.manual_seed(step_seed(self.config.seed, p.step, self.worker.rank))
+            n, size = len(self.pairs), self.config.batch_size
+            counts = split_sizes(min(size, n - p.batch_in_epoch * size), self.worker.world_size)
+            self.train_model.module.set_counts(counts)  # type: ignore[union-attr,operator]
+        return optimisation_step(self.train_model, self.optimizer, self.scaler, images, captions,
                                  self.config, lr=learning_rate(self.config, p.epoch, p.step),
                                  device=self.device, amp_dtype=self._amp_dtype(), step=p.step)
 
@@ -203,6 +264,8 @@ class Trainer:
                 for images, captions in self._loader(p.epoch, p.batch_in_epoch):
                     loss = self.train_step(images, captions)
                     p.step += 1
+                    if self.worker is not None and self.worker.kill_at is not None:
+                        _maybe_kill(self.worker, p.step)
                     p.batch_in_epoch += 1
                     steps_run += 1
                     its = 1.0 / max(time.perf_counter() - tick, 1e-9)
@@ -232,11 +295,21 @@ class Trainer:
         if stop.requested:
             self._log({"kind": "stop", "step": p.step, "epoch": p.epoch, "signal": stop.requested})
         summary = {"steps": p.step, "epochs_done": p.epoch, "steps_this_run": steps_run,
+                   "workers": self.worker.world_size if self.worker is not None else 1,
                    "stopped_by": stop.requested,
                    "seconds": seconds, "best_score": p.best_score, "best_step": p.best_step,
                    "best": p.best_metrics, "skipped_captions": self.data.skipped}
-        atomic_write_json(self.out / "summary.json", summary)
+        if self.is_main:
+            atomic_write_json(self.out / "summary.json", summary)
         return summary
+
+
+def _maybe_kill(worker: WorkerContext, step: int) -> None:
+    """Fault-test hook: the chosen worker SIGKILLs itself once, after the chosen step."""
+    rank, at, marker = worker.kill_at  # type: ignore[misc]
+    if worker.rank == rank and step == at and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _StopRequest:
@@ -303,11 +376,14 @@ class _ProgressBar:
 
 def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | os.PathLike[str],
           out: str | os.PathLike[str], *, resume: bool = False, bert: str | None = None,
-          vocab: str | os.PathLike[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+          vocab: str | os.PathLike[str] | None = None, console: Console | None = None,
+          distributed: DistributedOptions | None = None) -> dict[str, Any]:
     """Train ``config.model`` on a region store and a caption store into run directory ``out``.
 
     ``vocab`` (SGRAF) is the word-vocabulary JSON copied into the run; by default the caption
-    store's own ``vocab.json``.
+    store's own ``vocab.json``. ``distributed`` with ``workers > 1`` runs the loop as a Ray Train
+    job on that many workers (:mod:`trainers.training.distributed`): the same optimisation, the
+    same global batch; ``workers == 1`` (the default) is the in-process loop.
     """
     data = MatchingData(regions, captions, model=config.model)
     inputs = {"regions": str(regions), "captions": str(captions),
@@ -318,11 +394,23 @@ def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | 
                                 if k not in ("provenance",)}}
     if not resume:
         check_bert(config, data, bert=bert)  # before --out is created: a bad BERT is one line
-    trainer = Trainer(config, data, out, resume=resume, bert=bert, inputs=inputs, console=console)
     source = Path(vocab) if vocab is not None else Path(captions) / "vocab.json"
-    if "words" in data.needs and source.is_file() and \
-            (vocab is not None or not (trainer.out / "vocab.json").exists()):
-        # The word ids only mean something with their vocabulary: keep it beside the weights.
-        shutil.copyfile(source, trainer.out / "vocab.json")
+
+    def copy_vocab(run: Path) -> None:
+        if "words" in data.needs and source.is_file() and \
+                (vocab is not None or not (run / "vocab.json").exists()):
+            # The word ids only mean something with their vocabulary: keep it beside the weights.
+            shutil.copyfile(source, run / "vocab.json")
+
+    if distributed is not None and distributed.workers > 1:
+        from trainers.training.distributed import run_workers
+
+        data.train_pairs("train")  # refuse stores without training captions before Ray starts
+        summary = run_workers(config, regions, captions, out, distributed, resume=resume,
+                              bert=bert, inputs=inputs)
+        copy_vocab(Path(out))
+        return summary
+    trainer = Trainer(config, data, out, resume=resume, bert=bert, inputs=inputs, console=console)
+    copy_vocab(trainer.out)
     return trainer.fit()
 

@@ -124,9 +124,9 @@ class RunDir:
             atomic_write_json(tmp / "metrics.json", metrics)
         replace_dir(tmp, final)
 
-    def load_state(self) -> dict[str, Any]:
-        """The training state saved with ``last/`` (optimiser, scaler, counters, RNG states)."""
-        last = self.path / "last"
+    def load_state(self, last: Path | None = None) -> dict[str, Any]:
+        """The training state saved with ``last/`` (or the checkpoint directory ``last``)."""
+        last = last or self.path / "last"
         try:
             state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated or foreign file: say which and what to do
