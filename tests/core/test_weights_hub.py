@@ -18,10 +18,10 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory) -> Path:
     """HF_HUB_CACHE with models--unc-nlp--frcnn-vg-finetuned/{refs/main, snapshots/<rev>/...}."""
-    from detectors.butd import build_detector
+    from detectors.butd import BUTDSettings, build_detector
 
     torch.set_num_threads(1)
-    det = build_detector(None, random_init=True, seed=0, regions="10-100", **SMALL)
+    det = build_detector(None, BUTDSettings(regions="10-100", **SMALL), random_init=True, seed=0)
     state = {k: v.detach().clone() for k, v in det.model.state_dict().items()}
     root = tmp_path_factory.mktemp("hf-hub")
     repo = root / "models--unc-nlp--frcnn-vg-finetuned"
