@@ -43,7 +43,7 @@ def test_two_boxes_whose_overlap_crosses_the_threshold_between_frames():
     cls_prob = torch.tensor([[0.10, 0.60, 0.30],
                              [0.35, 0.50, 0.15]])
     features = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    got = _regions(resized, cls_prob, SCALE, RegionPolicy(1, 100), features)
+    got = _regions(resized, cls_prob, SCALE, RegionPolicy.adaptive(1, 100), features)
     # generate_tsv.py: NMS in original pixels (0.3057 > 0.3) suppresses B in both classes, so
     # B's max_conf is 0 < 0.2 and only A is kept
     assert got["num_regions"] == 1
@@ -131,7 +131,7 @@ def test_selection_equals_the_original_loop_over_random_proposals(regions):
     for scale in SCALES:
         for seed in range(8):
             rois, prob = _random_case(seed, scale)
-            keep, boxes = original_selection(rois, prob, scale, policy.min_boxes, policy.max_boxes)
+            keep, boxes = original_selection(rois, prob, scale, policy.min_regions, policy.max_regions)
             features = torch.from_numpy(np.random.default_rng(100 + seed).random((len(rois), 8),
                                                                                  dtype=np.float32))
             got = _regions(torch.from_numpy(rois), torch.from_numpy(prob), scale, policy, features)
@@ -141,7 +141,7 @@ def test_selection_equals_the_original_loop_over_random_proposals(regions):
             np.testing.assert_array_equal(got["object_ids"], prob[keep, 1:].argmax(axis=1))
             np.testing.assert_array_equal(got["object_conf"], prob[keep, 1:].max(axis=1))
             # the same rule applied to the resized-pixel boxes (what the frame bug did)
-            resized_keep, _ = original_selection(rois, prob, 1.0, policy.min_boxes, policy.max_boxes)
+            resized_keep, _ = original_selection(rois, prob, 1.0, policy.min_regions, policy.max_regions)
             frame_matters += not np.array_equal(resized_keep, keep)
     # the cases are not vacuous: in several of them the frame changes which regions are kept
     assert frame_matters >= 5, frame_matters
