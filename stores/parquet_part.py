@@ -90,8 +90,29 @@ def _features_array(block: Block, k: int | None, dim: int, itemsize: int) -> pa.
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, byte_offsets, data])
 
 
-def block_to_table(block: Block, settings: StoreSettings) -> pa.Table:
-    """The Arrow table of one part (layout in the module docstring)."""
+def _feature_values(rows: Sequence[np.ndarray], k: int | None, dim: int, dtype: np.dtype) -> pa.ChunkedArray:
+    """v2 features as numbers: one zero-copy chunk per row (Arrow arrays over the rows' own buffers).
+
+    Fixed K: ``arrow.fixed_shape_tensor<halffloat|float>[K, D]`` (storage: a fixed-size list of K*D
+    values, read by pandas, DuckDB and polars as a list of numbers); variable K: ``large_list`` of the
+    row's K*D values. Parquet writes the values PLAIN (halffloat: FIXED_LEN_BYTE_ARRAY(2)), so a row
+    group's feature values are the same contiguous little-endian bytes as v1's byte column, at the
+    end of its single data page (after the repetition/definition levels).
+    """
+    vtype = _ARROW_TYPES[np.dtype(dtype)]
+    if k is not None:
+        ttype = pa.fixed_shape_tensor(vtype, (k, dim))
+        return pa.chunked_array([pa.ExtensionArray.from_storage(
+            ttype, pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1), type=vtype), k * dim)) for f in rows],
+            type=ttype)
+    return pa.chunked_array([pa.LargeListArray.from_arrays(
+        pa.array(np.array([0, f.size], np.int64)), pa.array(f.reshape(-1), type=vtype)) for f in rows],
+        type=pa.large_list(vtype))
+
+
+def block_to_table(block: Block, settings: StoreSettings, version: int = SCHEMA_VERSION) -> pa.Table:
+    """The Arrow table of one part (layout in the module docstring; ``version`` 1 writes the old
+    byte column for features)."""
     k, dim = settings.fixed_k, settings.feature_dim
     cols: dict[str, pa.Array | pa.ChunkedArray] = {
         "image_id": pa.array(block.image_id, type=pa.string()),
@@ -104,22 +125,27 @@ def block_to_table(block: Block, settings: StoreSettings) -> pa.Table:
         if block.regions[name] is not None:
             cols[name] = _region_array(block.regions[name], block.offsets, width, k)
     cols[CHECKSUM_FIELD] = pa.array(block.feature_checksums(), type=pa.uint64())
-    cols["features"] = _features_array(block, k, dim, settings.dtype.itemsize)
+    if version >= 2:
+        rows = block.feature_rows if block.feature_rows is not None else [
+            block.features[block.offsets[i]:block.offsets[i + 1]] for i in range(len(block))]
+        cols["features"] = _feature_values(rows, k, dim, settings.dtype)
+    else:
+        cols["features"] = _features_array(block, k, dim, settings.dtype.itemsize)
     fields = []
     for name, arr in cols.items():
         meta = None
-        if name == "features":
+        if name == "features" and version < 2:
             meta = {b"itmflow.dtype": settings.feature_dtype.encode(),
                     b"itmflow.shape": json.dumps([k if k is not None else -1, dim]).encode()}
         fields.append(pa.field(name, arr.type, nullable=False, metadata=meta))
-    meta = {META_KEY: json.dumps({"schema_version": SCHEMA_VERSION, "feature_dim": dim,
+    meta = {META_KEY: json.dumps({"schema_version": version, "feature_dim": dim,
                                   "feature_dtype": settings.feature_dtype, "k": k}).encode()}
     arrays = [c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c]) for c in cols.values()]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
 def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[str],
-               row_group_rows: int | None = None) -> None:
+               row_group_rows: int | None = None, *, version: int = SCHEMA_VERSION) -> None:
     """Write ``block`` as a Parquet part file at ``path`` (the committer fsyncs, hashes, renames it).
 
     Written straight to the file: encoding into memory first and writing that costs one more copy
@@ -131,15 +157,16 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
     # One data page per column chunk (the page limit is above a whole group): with PLAIN encoding,
     # no compression and a required column, a group's feature values then lie back to back at the
     # end of its column chunk, which is what lets the reader map them (ParquetPartReader).
-    pq.write_table(block_to_table(block, settings), path, row_group_size=max(1, row_group_rows),
+    pq.write_table(block_to_table(block, settings, version), path, row_group_size=max(1, row_group_rows),
                    compression="none", use_dictionary=False, write_statistics=["image_id"], store_schema=True,
                    data_page_size=max(1 << 20, max(1, row_group_rows) * row_bytes + (1 << 20)),
                    write_batch_size=max(1024, row_group_rows), write_page_checksum=True)
 
 
 def _flat_values(arr: pa.Array, dtype: np.dtype) -> np.ndarray:
-    if isinstance(arr, pa.ExtensionArray):
-        storage = arr.storage  # FixedSizeListArray: values sliced by hand (flatten() is a compute call)
+    if isinstance(arr, pa.ExtensionArray) or pa.types.is_fixed_size_list(arr.type):
+        storage = arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+        # FixedSizeListArray: values sliced by hand (flatten() is a compute call)
         size = storage.type.list_size
         values = storage.values.slice(storage.offset * size, len(storage) * size)
     else:
@@ -173,6 +200,12 @@ def _decode_features(arr: pa.Array, offsets: np.ndarray, dim: int, dtype: np.dty
         expect = offsets * (dim * itemsize)
         if not np.array_equal(offs - offs[0], expect):
             raise StoreCorruptError(f"{where}: feature byte lengths disagree with num_regions x {dim} x {itemsize}")
+    elif isinstance(arr, pa.ExtensionArray) or pa.types.is_large_list(arr.type) or pa.types.is_list(arr.type) \
+            or pa.types.is_fixed_size_list(arr.type):  # v2: numbers
+        values = _flat_values(arr, dtype)
+        if values.dtype != dtype:
+            raise StoreCorruptError(f"{where}: column 'features' holds {values.dtype}, the manifest says {dtype}")
+        data = values.view(np.uint8)
     else:
         raise StoreCorruptError(f"{where}: column 'features' has unexpected type {arr.type}")
     if data.size != n_regions * dim * itemsize:
@@ -232,6 +265,17 @@ def table_to_block(table: pa.Table, settings: StoreSettings, where: str,
                  feature_rows=feature_rows)
 
 
+def _row_bytes(arr: pa.Array, i: int, nbytes: int) -> np.ndarray:
+    """The feature bytes of row ``i`` of a decoded features column (v1 bytes or v2 numbers)."""
+    if pa.types.is_fixed_size_binary(arr.type):
+        return np.frombuffer(arr[i].as_py(), dtype=np.uint8)
+    one = arr.slice(i, 1)
+    storage = one.storage if isinstance(one, pa.ExtensionArray) else one
+    size = storage.type.list_size
+    values = storage.values.slice(storage.offset * size, size).to_numpy(zero_copy_only=False)
+    return values.view(np.uint8)
+
+
 class ParquetPartReader:
     """Reads one Parquet part: ids, a row by index (row-group cache of one), blocks in order."""
 
@@ -285,19 +329,23 @@ class ParquetPartReader:
             return
         vb = k * dim * self.settings.dtype.itemsize
         leaf = next((j for j in range(md.num_columns)
-                     if md.row_group(0).column(j).path_in_schema == "features"), None)
+                     if md.row_group(0).column(j).path_in_schema.split(".")[0] == "features"), None)
         if leaf is None:
             return
         offs = np.empty(self.num_rows, dtype=np.int64)
         size = self.path.stat().st_size
+        if md.row_group(0).column(leaf).path_in_schema == "features":  # v1: one K*D*itemsize byte value per row
+            physical, header_limit = {"FIXED_LEN_BYTE_ARRAY"}, 4096
+        else:  # v2: a list of numbers; the page also holds the rows' repetition/definition levels (RLE)
+            physical, header_limit = {"FIXED_LEN_BYTE_ARRAY", "FLOAT"}, 4096 + 64 * FIXED_K_ROW_GROUP_ROWS * 8
         headers: dict[int, int] = {}  # rows in group -> page header bytes; one page per group means
         # equal-sized groups have equal headers (a group split into pages would have a larger one)
         for g in range(md.num_row_groups):
             col = md.row_group(g).column(leaf)
             n = md.row_group(g).num_rows
             header = col.total_compressed_size - n * vb
-            if (col.compression != "UNCOMPRESSED" or col.physical_type != "FIXED_LEN_BYTE_ARRAY"
-                    or col.has_dictionary_page or not 0 < header <= 4096
+            if (col.compression != "UNCOMPRESSED" or col.physical_type not in physical
+                    or col.has_dictionary_page or not 0 < header <= header_limit
                     or not set(col.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
                     or col.data_page_offset + col.total_compressed_size > size
                     or headers.setdefault(n, header) != header):
@@ -322,7 +370,7 @@ class ParquetPartReader:
             arr = table.column(0).chunk(0)
             for local in {0, len(arr) - 1}:
                 row = int(self._starts[g]) + local
-                if arr[local].as_py() != raw(row).tobytes():
+                if not np.array_equal(_row_bytes(arr, local, vb), raw.read_bytes(row, row + 1)[0]):
                     raw.close()
                     return
         raw.set_checksums(checksums)
