@@ -6,11 +6,19 @@ Layout (one row per image, no compression, no dictionary encoding, small row gro
 * fixed K: ``boxes`` ``arrow.fixed_shape_tensor<float32>[K,4]``, ``geometry`` [K,5], ``object_ids`` /
   ``attr_ids`` ``<int16>[K]``, ``object_conf`` / ``attr_conf`` ``<float32>[K]``;
   variable K: the same fields as ``large_list`` of the flattened values (``K*4`` for boxes).
-* ``features``: the raw little-endian bytes of the ``[K, D]`` array, ``fixed_size_binary(K*D*itemsize)``
-  for fixed K and ``large_binary`` for variable K; the field metadata ``itmflow.dtype`` /
-  ``itmflow.shape`` say how to view them. Measured here (README, "Stores"): Parquet's own float16
-  (FIXED_LEN_BYTE_ARRAY(2) per value) writes at ~110 MB/s and reads at ~180 MB/s, a sixth of a raw
-  memmap; the byte column runs near memmap speed.
+* ``features``, schema 2: numbers that pandas / DuckDB / polars read as such —
+  ``arrow.fixed_shape_tensor<halffloat|float>[K, D]`` for fixed K (storage: a fixed-size list of
+  K*D values), ``large_list`` of the K*D values for variable K. Built zero-copy over each row's
+  numpy buffer. Parquet writes them PLAIN (halffloat: FIXED_LEN_BYTE_ARRAY(2) with the Float16
+  logical type), so a row group's values are contiguous little-endian bytes at the end of its one
+  data page, after the RLE repetition/definition levels: the reader maps them as for schema 1.
+  Writing costs more CPU than the byte column (pyarrow computes and RLE-encodes two levels per
+  value and copies FLBA values one by one; measured ~250 against ~1,300 MB per CPU-second for the
+  encode alone); reading is the same ``preadv``.
+* ``features``, schema 1: the raw little-endian bytes of the ``[K, D]`` array,
+  ``fixed_size_binary(K*D*itemsize)`` for fixed K and ``large_binary`` for variable K; the field
+  metadata ``itmflow.dtype`` / ``itmflow.shape`` say how to view them. Read through pyarrow's decode,
+  Parquet's own float16 runs at ~180 MB/s, a sixth of a raw memmap; the byte column near memmap speed.
 
 Row groups hold few rows (4 for variable K, so a lookup decodes ~1 MB, not a whole file; 32 for
 fixed K, whose features are read from the mapped file without decoding); statistics
