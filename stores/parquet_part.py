@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from itmflow.errors import StoreCorruptError
 from stores.block import Block, CheckedRows, LazyRows
-from stores.integrity import CHECKSUM_FIELD, corrupt
+from stores.integrity import CHECKSUM_FIELD, corrupt, feature_checksum
 from stores.rawrows import RawRows
 from stores.schema import REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
@@ -367,8 +367,21 @@ class ParquetPartReader:
             except (OSError, pa.ArrowException) as exc:
                 raise corrupt(self.path, f"column {CHECKSUM_FIELD!r} cannot be read ({exc})") from exc
         raw = RawRows(self.path, offs, vb, self.settings.dtype, (k, dim))
-        # Spot check against pyarrow: first and last row of the first and last group (unchecked
-        # reads: a wrong layout must fall back to pyarrow, not look like damage).
+        if checksums is not None:
+            # Spot check against the rows' own checksums: first and last row of the first and last
+            # group. A wrong layout (or damage there) keeps pyarrow's decode, which checks every
+            # row itself and names a damaged one. (Decoding the groups instead cost ~25 ms each for
+            # schema-2 float16 features: ~0.5 s to open a 10,000-image store.)
+            spots = sorted({0, int(self._starts[1]) - 1, int(self._starts[-2]), self.num_rows - 1})
+            for row in spots:
+                if feature_checksum(raw.read_bytes(row, row + 1)[0]) != int(checksums[row]):
+                    raw.close()
+                    return
+            raw.set_checksums(checksums)
+            self._raw = raw
+            return
+        # Without checksums (older parts), a spot check against pyarrow: first and last row of the
+        # first and last group (a wrong layout must fall back to pyarrow, not look like damage).
         for g in {0, md.num_row_groups - 1}:
             try:
                 table = self._feature_file().read_row_group(g, columns=["features"], use_threads=False)

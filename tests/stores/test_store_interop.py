@@ -145,3 +145,23 @@ def test_v2_fixed_k_parquet_keeps_the_raw_page_path(tmp_path):
         assert part._raw is not None and part._raw.checksums is not None  # preadv + per-row checksums
         got = reader.read_features([rows[33]["image_id"], rows[2]["image_id"]])
     assert got.tobytes() == np.stack([rows[33]["features"], rows[2]["features"]]).astype(np.float16).tobytes()
+
+
+def test_v2_damage_in_a_spot_checked_row_is_still_named(tmp_path):
+    # Row 0 is one the mapping spot-checks against its checksum: damage there makes the part fall
+    # back to pyarrow's decode, which still names the row, and the other rows still read.
+    from itmflow.errors import StoreCorruptError
+
+    rows = make_rows(5, seed=8)
+    store = write_store(tmp_path / "s", rows, rows_per_part=5)
+    part = store / "data" / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    at = bytes(data).find(rows[0]["features"].astype(np.float16).tobytes()[:4096])
+    assert at > 0
+    data[at + 1001] ^= 0x10
+    part.write_bytes(bytes(data))
+    with open_region_store(store) as reader:
+        assert reader._part(0)._raw is None  # fell back
+        with pytest.raises(StoreCorruptError, match="row 0: features fail their checksum"):
+            reader.get(rows[0]["image_id"])
+        assert reader.get(rows[3]["image_id"])["features"].tobytes() == rows[3]["features"].astype(np.float16).tobytes()
