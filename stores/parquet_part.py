@@ -50,6 +50,8 @@ import pyarrow.parquet as pq
 from itmflow.errors import StoreCorruptError
 from stores.block import Block, CheckedRows, LazyRows
 from stores.integrity import CHECKSUM_FIELD, corrupt, feature_checksum
+from stores.pqfeatures import SpliceError, write_with_features
+from stores.pqfeatures import ThriftReader as _ThriftReader
 from stores.rawrows import RawRows
 from stores.schema import REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
@@ -118,7 +120,8 @@ def _feature_values(rows: Sequence[np.ndarray], k: int | None, dim: int, dtype: 
         type=pa.large_list(vtype))
 
 
-def block_to_table(block: Block, settings: StoreSettings, version: int = SCHEMA_VERSION) -> pa.Table:
+def block_to_table(block: Block, settings: StoreSettings, version: int = SCHEMA_VERSION, *,
+                   placeholder: bool = False) -> pa.Table:
     """The Arrow table of one part (layout in the module docstring; ``version`` 1 writes the old
     byte column for features)."""
     k, dim = settings.fixed_k, settings.feature_dim
@@ -133,7 +136,11 @@ def block_to_table(block: Block, settings: StoreSettings, version: int = SCHEMA_
         if block.regions[name] is not None:
             cols[name] = _region_array(block.regions[name], block.offsets, width, k)
     cols[CHECKSUM_FIELD] = pa.array(block.feature_checksums(), type=pa.uint64())
-    if version >= 2:
+    if placeholder:  # one value per row, same Parquet type (stores.pqfeatures writes the real pages)
+        values = pa.array(np.zeros(len(block), settings.dtype), type=_ARROW_TYPES[settings.dtype])
+        cols["features"] = (pa.FixedSizeListArray.from_arrays(values, 1) if k is not None else
+                            pa.LargeListArray.from_arrays(pa.array(np.arange(len(block) + 1), pa.int64()), values))
+    elif version >= 2:
         rows = block.feature_rows if block.feature_rows is not None else [
             block.features[block.offsets[i]:block.offsets[i + 1]] for i in range(len(block))]
         cols["features"] = _feature_values(rows, k, dim, settings.dtype)
@@ -161,6 +168,12 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
     it for the feature pages too, ~70 ms per 147 MB part; it cannot be asked per column).
     """
     row_group_rows = row_group_rows or default_row_group_rows(settings)
+    if version >= 2 and len(block):
+        try:
+            _write_spliced(block, settings, path, row_group_rows)
+            return
+        except SpliceError:
+            pass  # an unexpected footer: pyarrow writes the whole part (same values, slower)
     row_bytes = (settings.fixed_k or 36) * settings.feature_dim * settings.dtype.itemsize
     # One data page per column chunk (the page limit is above a whole group): with PLAIN encoding,
     # no compression and a required column, a group's feature values then lie back to back at the
@@ -169,6 +182,22 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
                    compression="none", use_dictionary=False, write_statistics=["image_id"], store_schema=True,
                    data_page_size=max(1 << 20, max(1, row_group_rows) * row_bytes + (1 << 20)),
                    write_batch_size=max(1024, row_group_rows), write_page_checksum=True)
+
+
+def _write_spliced(block: Block, settings: StoreSettings, path: str | os.PathLike[str],
+                   row_group_rows: int) -> None:
+    """Schema 2: pyarrow writes every column but the features (a one-value placeholder per row);
+    :mod:`stores.pqfeatures` writes the feature pages from the rows' buffers (module docstring there)."""
+    k, dim = settings.fixed_k, settings.feature_dim
+    vtype = _ARROW_TYPES[settings.dtype]
+    rows = block.feature_rows if block.feature_rows is not None else [
+        block.features[block.offsets[i]:block.offsets[i + 1]] for i in range(len(block))]
+    real = block_to_table(block, settings, 2, placeholder=True)
+    ftype = pa.fixed_shape_tensor(vtype, (k, dim)) if k is not None else pa.large_list(vtype)
+    write_with_features(real, ftype, [np.ascontiguousarray(r) for r in rows], path, max(1, row_group_rows),
+                        compression="none", use_dictionary=False, write_statistics=["image_id"], store_schema=True,
+                        data_page_size=1 << 20, write_batch_size=max(1024, row_group_rows),
+                        write_page_checksum=True)
 
 
 def _flat_values(arr: pa.Array, dtype: np.dtype) -> np.ndarray:
@@ -273,6 +302,17 @@ def table_to_block(table: pa.Table, settings: StoreSettings, where: str,
                  feature_rows=feature_rows)
 
 
+def _one_page(fd: int, col: Any) -> bool:
+    """True when the column chunk is one data page: its header (Thrift, read from the file) plus the
+    page's size is the whole chunk. Then the values are the chunk's last bytes. (Comparing header
+    sizes across groups is not enough: the page CRC is a varint of 1-5 bytes.)"""
+    raw = os.pread(fd, 256, col.data_page_offset)
+    reader = _ThriftReader(raw)
+    header = reader.struct()
+    fields = {f[0]: f[2] for f in header}
+    return fields.get(1) in (0, 3) and reader.pos + int(fields.get(3, -1)) == col.total_compressed_size
+
+
 def _row_bytes(arr: pa.Array, i: int, nbytes: int) -> np.ndarray:
     """The feature bytes of row ``i`` of a decoded features column (v1 bytes or v2 numbers)."""
     if pa.types.is_fixed_size_binary(arr.type):
@@ -346,8 +386,15 @@ class ParquetPartReader:
             physical, header_limit = {"FIXED_LEN_BYTE_ARRAY"}, 4096
         else:  # v2: a list of numbers; the page also holds the rows' repetition/definition levels (RLE)
             physical, header_limit = {"FIXED_LEN_BYTE_ARRAY", "FLOAT"}, 4096 + 64 * FIXED_K_ROW_GROUP_ROWS * 8
-        headers: dict[int, int] = {}  # rows in group -> page header bytes; one page per group means
-        # equal-sized groups have equal headers (a group split into pages would have a larger one)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            pages_ok = all(_one_page(fd, md.row_group(g).column(leaf)) for g in range(md.num_row_groups))
+        except (OSError, SpliceError, IndexError):
+            pages_ok = False
+        finally:
+            os.close(fd)
+        if not pages_ok:
+            return
         for g in range(md.num_row_groups):
             col = md.row_group(g).column(leaf)
             n = md.row_group(g).num_rows
@@ -355,8 +402,7 @@ class ParquetPartReader:
             if (col.compression != "UNCOMPRESSED" or col.physical_type not in physical
                     or col.has_dictionary_page or not 0 < header <= header_limit
                     or not set(col.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
-                    or col.data_page_offset + col.total_compressed_size > size
-                    or headers.setdefault(n, header) != header):
+                    or col.data_page_offset + col.total_compressed_size > size):
                 return
             start = int(self._starts[g])
             offs[start:start + n] = col.data_page_offset + header + np.arange(n, dtype=np.int64) * vb

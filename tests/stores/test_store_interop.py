@@ -165,3 +165,27 @@ def test_v2_damage_in_a_spot_checked_row_is_still_named(tmp_path):
         with pytest.raises(StoreCorruptError, match="row 0: features fail their checksum"):
             reader.get(rows[0]["image_id"])
         assert reader.get(rows[3]["image_id"])["features"].tobytes() == rows[3]["features"].astype(np.float16).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "variable"])
+def test_spliced_feature_pages_equal_pyarrows_own(tmp_path, dtype, adaptive):
+    # stores.pqfeatures writes the feature pages from the rows' buffers; the file must read back as
+    # the table pyarrow itself would have written, with every page CRC checked.
+    import pyarrow.parquet as pq
+
+    from stores import parquet_part
+    from stores.block import Block
+    from stores.schema import StoreSettings, validate_row
+
+    settings = StoreSettings(feature_dim=DIM, feature_dtype=dtype, region_policy=ADAPTIVE if adaptive else FIXED)
+    rows = [validate_row(r, settings) for r in make_rows(37, dim=DIM, seed=9, adaptive=adaptive)]
+    block = Block.from_rows(rows, DIM, settings.dtype, settings.present_region_fields(), stack_features=False)
+    spliced = tmp_path / "a.parquet"
+    parquet_part._write_spliced(block, settings, spliced, 32 if not adaptive else 4)  # raises rather than falls back
+    mine = pq.ParquetFile(spliced, page_checksum_verification=True).read()
+    assert mine.equals(parquet_part.block_to_table(block, settings, 2))
+    reader = parquet_part.ParquetPartReader(spliced, settings)
+    assert (reader._raw is not None) == (not adaptive)  # fixed K: mapped for preadv
+    for i in (0, 31, 32, 36):
+        assert reader.features(i).tobytes() == rows[i]["features"].tobytes()
