@@ -12,9 +12,10 @@ Layout (one row per image, no compression, no dictionary encoding, small row gro
   numpy buffer. Parquet writes them PLAIN (halffloat: FIXED_LEN_BYTE_ARRAY(2) with the Float16
   logical type), so a row group's values are contiguous little-endian bytes at the end of its one
   data page, after the RLE repetition/definition levels: the reader maps them as for schema 1.
-  Writing costs more CPU than the byte column (pyarrow computes and RLE-encodes two levels per
-  value and copies FLBA values one by one; measured ~250 against ~1,300 MB per CPU-second for the
-  encode alone); reading is the same ``preadv``.
+  pyarrow's own encoder would cost ~5x the CPU of the byte column (two levels per value, RLE-encoded,
+  and each 2-byte value copied on its own: ~230 against ~1,300 MB per CPU-second), so the feature
+  pages are written by :mod:`stores.pqfeatures` straight from the rows' buffers (~1,000-1,400 MB per
+  CPU-second); pyarrow writes the other columns. Reading is the same ``preadv`` as for schema 1.
 * ``features``, schema 1: the raw little-endian bytes of the ``[K, D]`` array,
   ``fixed_size_binary(K*D*itemsize)`` for fixed K and ``large_binary`` for variable K; the field
   metadata ``itmflow.dtype`` / ``itmflow.shape`` say how to view them. Read through pyarrow's decode,
@@ -365,11 +366,12 @@ class ParquetPartReader:
         """For fixed K, find every row's feature bytes in the file (read with :class:`RawRows`).
 
         A part written by :func:`write_part` keeps each row group's features in one uncompressed,
-        PLAIN-encoded data page of a required FIXED_LEN_BYTE_ARRAY column: the values are the last
-        ``rows x K*D*itemsize`` bytes of the column chunk. Reading them is one ``pread`` per image
-        instead of pyarrow's page decode (measured ~2x less read CPU, and lookups skip the
-        feature decode). Anything else, or a spot check that disagrees with pyarrow, keeps the
-        pyarrow path.
+        PLAIN-encoded data page (schema 1: a required FIXED_LEN_BYTE_ARRAY column of one value per
+        row; schema 2: a list of FLOAT16 / FLOAT values, whose RLE levels precede the values in the
+        page): the values are the last ``rows x K*D*itemsize`` bytes of the column chunk. Reading
+        them is one ``pread`` per image instead of pyarrow's page decode (measured ~2x less read
+        CPU, and lookups skip the feature decode). Anything else, or a spot check that disagrees
+        (with the rows' checksums, or for parts without them with pyarrow), keeps the pyarrow path.
         """
         k, dim = self.settings.fixed_k, self.settings.feature_dim
         md = self._file.metadata

@@ -1,4 +1,5 @@
-"""Region store contract (schema versions 1 and 2): field names, dtypes, region policy, manifest constants and row validation.
+"""Region store contract (schema versions 1 and 2): field names, dtypes, region policy, manifest
+constants and row validation.
 
 Everything that decides what a valid row is lives here, so the Parquet and HDF5 part writers, the
 readers, verify and the importers agree on one definition. The names that detectors share with
@@ -8,8 +9,10 @@ stores (fields, storages, feature dtypes, :class:`RegionPolicy`, the row types) 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -59,9 +62,8 @@ def part_file(index: int, storage: str, version: int = SCHEMA_VERSION) -> str:
     return f"{DATA_DIR}/{name}" if version >= 2 else name
 
 
-def parts_dir(store: Any, version: int) -> Any:
+def parts_dir(store: str | os.PathLike[str], version: int) -> Path:
     """The directory holding the part files of a store of schema ``version``."""
-    from pathlib import Path
     return Path(store) / DATA_DIR if version >= 2 else Path(store)
 
 
@@ -230,8 +232,9 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
     return out  # type: ignore[return-value]
 
 
-__all__ = ["ALL_FIELDS", "ARRAY_FIELDS", "DEFAULT_CONF", "DETECTED_FIELDS", "FAILURES_NAME", "FEATURES",
-           "FEATURE_DTYPES", "FORMAT", "LABEL_FIELDS", "LOCK_NAME", "MANIFEST_NAME", "OPTIONAL_FIELDS",
-           "PART_PREFIX", "POLICY_KINDS", "DATA_DIR", "READABLE_VERSIONS", "REGION_FIELDS", "SCALAR_FIELDS", "SCHEMA_VERSION", "STORAGES",
-           "STRING_FIELDS", "DetectedRegions", "RegionPolicy", "RegionRow", "StoreSettings", "all_finite",
-           "geometry_from_boxes", "is_part_name", "is_temp_name", "part_file", "part_name", "parts_dir", "validate_row"]
+__all__ = ["ALL_FIELDS", "ARRAY_FIELDS", "DATA_DIR", "DEFAULT_CONF", "DETECTED_FIELDS", "DetectedRegions",
+           "FAILURES_NAME", "FEATURES", "FEATURE_DTYPES", "FORMAT", "LABEL_FIELDS", "LOCK_NAME",
+           "MANIFEST_NAME", "OPTIONAL_FIELDS", "PART_PREFIX", "POLICY_KINDS", "READABLE_VERSIONS",
+           "REGION_FIELDS", "RegionPolicy", "RegionRow", "SCALAR_FIELDS", "SCHEMA_VERSION", "STORAGES",
+           "STRING_FIELDS", "StoreSettings", "all_finite", "geometry_from_boxes", "is_part_name",
+           "is_temp_name", "part_file", "part_name", "parts_dir", "validate_row"]

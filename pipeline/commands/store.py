@@ -85,7 +85,8 @@ def _what_users_ask(path: Path, m: dict) -> dict:
     if settings.get("random_init"):
         out["seed"] = settings.get("seed", "not recorded")
     if "min_size" in settings or "max_size" in settings:
-        out["detector_scale"] = f"shorter side {settings.get('min_size')}, longer side at most {settings.get('max_size')}"
+        out["detector_scale"] = (f"shorter side {settings.get('min_size')}, "
+                                 f"longer side at most {settings.get('max_size')}")
     if "post_nms_topk" in settings:
         out["proposals"] = (f"{settings.get('pre_nms_topk', '?')} before RPN NMS, {settings['post_nms_topk']} after "
                             f"(NMS {settings.get('rpn_nms_thresh', '?')})")
