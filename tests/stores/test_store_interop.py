@@ -189,3 +189,19 @@ def test_spliced_feature_pages_equal_pyarrows_own(tmp_path, dtype, adaptive):
     assert (reader._raw is not None) == (not adaptive)  # fixed K: mapped for preadv
     for i in (0, 31, 32, 36):
         assert reader.features(i).tobytes() == rows[i]["features"].tobytes()
+
+
+def test_store_convert_cli_upgrades_v1_without_to(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    rows = make_rows(3, seed=10)
+    old = write_store(tmp_path / "v1", rows, rows_per_part=2, schema_version=1)
+    res = CliRunner().invoke(app, ["store", "convert", str(old), str(tmp_path / "v2")])
+    assert res.exit_code == 0, res.output
+    assert "schema version 2" in res.output
+    assert (tmp_path / "v2" / "data" / "part-00000.parquet").is_file()
+    with open_region_store(tmp_path / "v2") as reader:
+        for got, want in zip(reader, rows):
+            assert_row_equal(got, want, "float16")
