@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import row, write_result  # noqa: E402
 from itmflow.files import fsync_dir  # noqa: E402
 from stores import RegionStoreWriter, open_region_store  # noqa: E402
-from stores.schema import geometry_from_boxes  # noqa: E402
+from stores.schema import SCHEMA_VERSION, geometry_from_boxes  # noqa: E402
 
 K, D = 36, 2048
 POOL = 64  # distinct synthetic images, cycled (no compression is used, so content does not matter)
@@ -98,10 +98,11 @@ def bench_baseline(root: Path, rows: list[dict], ids_sample: list[int]) -> dict:
 
 def bench_store(root: Path, storage: str, rows: list[dict], ids_sample: list[int], round_no: int = 0) -> dict:
     path = root / storage
+    storage, _, old = storage.partition("-")  # "parquet-v1": the schema-1 layout, for comparison
     c0, t0 = time.process_time(), time.perf_counter()
     with RegionStoreWriter(path, storage=storage, feature_dim=D, feature_dtype="float16",
                            region_policy={"kind": "fixed", "k": K}, detector={"name": "synthetic"},
-                           rows_per_part=1000) as writer:
+                           rows_per_part=1000, schema_version=1 if old == "v1" else SCHEMA_VERSION) as writer:
         for r in rows:
             writer.add(r)
     write_s, write_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -137,12 +138,20 @@ def bench_store(root: Path, storage: str, rows: list[dict], ids_sample: list[int
         lat.append(time.perf_counter() - t)
     got = reader.get(rows[ids_sample[0]]["image_id"])["features"]
     assert np.array_equal(got, rows[ids_sample[0]]["features"])
-    size = sum(p.stat().st_size for p in path.iterdir())
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     reader.close()
     return {"write_s": write_s, "read_s": read_s, "write_cpu": write_cpu, "read_cpu": read_cpu,
             "again_s": again[True][0], "again_cpu": again[True][1],
             "unchecked_s": again[False][0], "unchecked_cpu": again[False][1],
             "lat": np.array(lat), "open_s": open_s, "bytes": size}
+
+
+def _uptime() -> str:
+    try:
+        import subprocess
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def best(rounds: list[dict]) -> dict:
@@ -169,7 +178,8 @@ def main() -> None:
     sample = [int(i) for i in rng.integers(0, args.images, args.lookups)]
     mb = args.images * K * D * 2 / 1e6
     root = Path(tempfile.mkdtemp(prefix="bench_stores_", dir=args.dir))
-    runs: dict[str, list[dict]] = {"baseline": [], "parquet": [], "hdf5": []}
+    uptime_at_start = _uptime()
+    runs: dict[str, list[dict]] = {"baseline": [], "parquet": [], "hdf5": [], "parquet-v1": []}
     try:
         for storage in ("parquet", "hdf5"):  # warm-up: first-use imports are not store costs
             bench_store(root / "warmup", storage, rows[:16], [0, 1])
@@ -184,7 +194,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base = best(runs["baseline"])
-    results = {s: best(runs[s]) for s in ("parquet", "hdf5")}
+    results = {s: best(runs[s]) for s in ("parquet", "hdf5", "parquet-v1")}
     base_w, base_r = mb / base["write_s"], mb / base["read_s"]
     base_wc, base_rc = mb / base["write_cpu"], mb / base["read_cpu"]
     out = [row("baseline memmap write", base_w, "MB/s"), row("baseline memmap sequential read", base_r, "MB/s"),
@@ -214,7 +224,11 @@ def main() -> None:
             row(f"{storage} size on disk / raw feature bytes", res["bytes"] / (mb * 1e6), "ratio"),
         ]
     config = {"images": args.images, "rounds": args.rounds, "load_average_at_start": load_at_start,
-              "load_average_at_end": os.getloadavg(), "cores": os.cpu_count(),
+              "load_average_at_end": os.getloadavg(), "uptime_at_start": uptime_at_start,
+              "uptime_at_end": _uptime(), "schema_version": SCHEMA_VERSION,
+              "stores": "parquet, hdf5: schema 2 (data/, features as fixed_shape_tensor<halffloat>[36,2048]); "
+                        "parquet-v1: schema 1 (features as fixed_size_binary), interleaved for comparison",
+              "order": "each round runs baseline, parquet, hdf5, parquet-v1 in turn", "cores": os.cpu_count(),
               "read_checks": "on: per-row feature checksums, Parquet page CRCs, HDF5 dataset CRC32s",
               "regions": K, "feature_dim": D, "feature_dtype": "float16",
               "feature_mb": mb, "rows_per_part": 1000, "parquet_row_group_rows": 32, "lookups": args.lookups,

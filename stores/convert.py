@@ -1,4 +1,6 @@
-"""Convert a region store between Parquet and HDF5, keeping every value bit for bit.
+"""Convert a region store between Parquet and HDF5, or upgrade it to the current schema version
+(a schema-1 store is written again as schema 2: parts in ``data/``, Parquet features as numbers),
+keeping every value bit for bit.
 
 Rows are copied in commit order with the same part boundaries; the feature dtype, region policy,
 detector block and absent fields are carried over unchanged, so converting back yields a store
@@ -16,9 +18,10 @@ from stores.reader import open_region_store
 from stores.writer import RegionStoreWriter
 
 
-def convert_store(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str,
+def convert_store(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str | None = None,
                   progress: Callable[[int], None] | None = None) -> Path:
-    """Write a copy of store ``src`` at ``dst`` in storage ``to`` ("parquet" | "hdf5").
+    """Write a copy of store ``src`` at ``dst`` in storage ``to`` ("parquet" | "hdf5"; default: the
+    source's), in the current schema version (:data:`stores.schema.SCHEMA_VERSION`).
 
     ``dst`` must not hold a store yet; a partially converted ``dst`` (interrupted run) is resumed.
     """
@@ -29,8 +32,10 @@ def convert_store(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, t
     try:
         settings = source.settings
         manifest = source.manifest
+        to = to or settings.storage
         extra = dict(manifest.get("extra") or {})
-        extra["converted_from"] = {"storage": settings.storage, "parts": [
+        extra["converted_from"] = {"storage": settings.storage, "schema_version": manifest["schema_version"],
+                                  "provenance": manifest.get("provenance"), "parts": [
             {"file": p["file"], "sha256": p["sha256"]} for p in manifest["parts"]]}
         writer = RegionStoreWriter(dst, storage=to, feature_dim=settings.feature_dim,
                                    feature_dtype=settings.feature_dtype, region_policy=settings.region_policy,

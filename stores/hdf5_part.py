@@ -1,8 +1,10 @@
 """HDF5 part files.
 
-Layout of ``part-NNNNN.h5`` (root group; ``R`` = total regions of the part):
+Layout of ``part-NNNNN.h5`` (``data/part-NNNNN.h5`` in a schema-2 store, the same file layout as
+version 1; root group; ``R`` = total regions of the part):
 
-* ``image_id``, ``file``: variable-length UTF-8 strings ``[n]``; ``width``, ``height`` int32 ``[n]``;
+* ``image_id``, ``file``: variable-length UTF-8 strings ``[n]`` (h5py hands them out as ``bytes``;
+  ``f["image_id"].asstr()[()]`` gives ``str``); ``width``, ``height`` int32 ``[n]``;
   ``num_regions`` int16 ``[n]``; ``offsets`` int64 ``[n+1]`` (row i owns regions ``offsets[i]:offsets[i+1]``).
 * ``features`` ``[R, D]`` float16/float32, chunked ``(K, D)`` so that for fixed K one chunk is one
   image (a lookup touches exactly one chunk and fits h5py's 1 MiB chunk cache); variable K uses
@@ -36,7 +38,8 @@ from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, 
 _VARIABLE_CHUNK_REGIONS = 36
 
 
-def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[str]) -> None:
+def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[str], *,
+               version: int = SCHEMA_VERSION) -> None:
     """Write ``block`` as an HDF5 part file at ``path`` (the committer fsyncs, hashes and renames it).
 
     For fixed K the feature chunks (one image each, no filters) are allocated when the dataset is
@@ -58,7 +61,7 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
 
     with h5py.File(path, "w", track_order=False) as fid:
         fid.attrs["format"] = FORMAT
-        fid.attrs["schema_version"] = SCHEMA_VERSION
+        fid.attrs["schema_version"] = version
         fid.attrs["feature_dim"] = dim
         fid.attrs["feature_dtype"] = settings.feature_dtype
         str_type = h5py.string_dtype("utf-8")

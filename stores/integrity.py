@@ -61,14 +61,22 @@ def dataset_crc(values: np.ndarray | Sequence[str]) -> int:
 
 
 def store_of(part: Path) -> Path:
-    """The store directory of a part file."""
-    return Path(part).parent
+    """The store directory of a part file (``<store>/data/part-*`` in a schema-2 store)."""
+    parent = Path(part).parent
+    if parent.name == "data" and (parent.parent / "manifest.json").is_file():
+        return parent.parent
+    return parent
+
+
+def _part_label(part: Path) -> str:
+    """The part as the manifest names it (``data/part-00003.parquet`` in a schema-2 store)."""
+    return part.name if store_of(part) == part.parent else f"{part.parent.name}/{part.name}"
 
 
 def corrupt(part: Path, what: str) -> StoreCorruptError:
     """The error for a failed check: one line naming the store, the part and what failed."""
     part = Path(part)
-    return StoreCorruptError(f"store {store_of(part)}: part {part.name}: {what}; the part changed after it was "
+    return StoreCorruptError(f"store {store_of(part)}: part {_part_label(part)}: {what}; the part changed after it was "
                              f"written; run `itmflow store verify {store_of(part)}`")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from itmflow.errors import SchemaVersionError, StoreCorruptError, StoreError
 from itmflow.files import atomic_write_json
 from itmflow.provenance import provenance
-from stores.schema import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, StoreSettings
+from stores.schema import DATA_DIR, FORMAT, MANIFEST_NAME, SCHEMA_VERSION, StoreSettings
 
 
 def manifest_path(store: str | os.PathLike[str]) -> Path:
@@ -18,9 +18,10 @@ def manifest_path(store: str | os.PathLike[str]) -> Path:
     return Path(store) / MANIFEST_NAME
 
 
-def new_manifest(settings: StoreSettings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A manifest for an empty store with ``settings``."""
-    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, **settings.to_manifest(),
+def new_manifest(settings: StoreSettings, extra: dict[str, Any] | None = None,
+                 version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """A manifest for an empty store with ``settings`` (schema ``version``: 2 unless a test asks for 1)."""
+    return {"format": FORMAT, "schema_version": version, **settings.to_manifest(),
             "extra": dict(extra or {}), "provenance": provenance(), "parts": [], "num_rows": 0,
             "num_regions": 0}
 
@@ -44,7 +45,10 @@ def check_manifest(doc: Any, where: Path) -> dict[str, Any]:
     for i, part in enumerate(doc["parts"]):
         if not isinstance(part, dict) or not {"file", "rows", "sha256", "bytes"} <= set(part):
             raise StoreCorruptError(f"{where}: parts[{i}] lacks file/rows/sha256/bytes")
-        if "/" in part["file"] or "\\" in part["file"] or part["file"].startswith("."):
+        name = part["file"]
+        if version >= 2 and isinstance(name, str) and name.startswith(f"{DATA_DIR}/"):
+            name = name[len(DATA_DIR) + 1:]  # v2: parts live in data/
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
             raise StoreCorruptError(f"{where}: parts[{i}] names {part['file']!r}, which is not a part file "
                                     "inside the store")
     return doc

@@ -6,11 +6,20 @@ Layout (one row per image, no compression, no dictionary encoding, small row gro
 * fixed K: ``boxes`` ``arrow.fixed_shape_tensor<float32>[K,4]``, ``geometry`` [K,5], ``object_ids`` /
   ``attr_ids`` ``<int16>[K]``, ``object_conf`` / ``attr_conf`` ``<float32>[K]``;
   variable K: the same fields as ``large_list`` of the flattened values (``K*4`` for boxes).
-* ``features``: the raw little-endian bytes of the ``[K, D]`` array, ``fixed_size_binary(K*D*itemsize)``
-  for fixed K and ``large_binary`` for variable K; the field metadata ``itmflow.dtype`` /
-  ``itmflow.shape`` say how to view them. Measured here (README, "Stores"): Parquet's own float16
-  (FIXED_LEN_BYTE_ARRAY(2) per value) writes at ~110 MB/s and reads at ~180 MB/s, a sixth of a raw
-  memmap; the byte column runs near memmap speed.
+* ``features``, schema 2: numbers that pandas / DuckDB / polars read as such —
+  ``arrow.fixed_shape_tensor<halffloat|float>[K, D]`` for fixed K (storage: a fixed-size list of
+  K*D values), ``large_list`` of the K*D values for variable K. Built zero-copy over each row's
+  numpy buffer. Parquet writes them PLAIN (halffloat: FIXED_LEN_BYTE_ARRAY(2) with the Float16
+  logical type), so a row group's values are contiguous little-endian bytes at the end of its one
+  data page, after the RLE repetition/definition levels: the reader maps them as for schema 1.
+  pyarrow's own encoder would cost ~5x the CPU of the byte column (two levels per value, RLE-encoded,
+  and each 2-byte value copied on its own: ~230 against ~1,300 MB per CPU-second), so the feature
+  pages are written by :mod:`stores.pqfeatures` straight from the rows' buffers (~1,000-1,400 MB per
+  CPU-second); pyarrow writes the other columns. Reading is the same ``preadv`` as for schema 1.
+* ``features``, schema 1: the raw little-endian bytes of the ``[K, D]`` array,
+  ``fixed_size_binary(K*D*itemsize)`` for fixed K and ``large_binary`` for variable K; the field
+  metadata ``itmflow.dtype`` / ``itmflow.shape`` say how to view them. Read through pyarrow's decode,
+  Parquet's own float16 runs at ~180 MB/s, a sixth of a raw memmap; the byte column near memmap speed.
 
 Row groups hold few rows (4 for variable K, so a lookup decodes ~1 MB, not a whole file; 32 for
 fixed K, whose features are read from the mapped file without decoding); statistics
@@ -41,7 +50,9 @@ import pyarrow.parquet as pq
 
 from itmflow.errors import StoreCorruptError
 from stores.block import Block, CheckedRows, LazyRows
-from stores.integrity import CHECKSUM_FIELD, corrupt
+from stores.integrity import CHECKSUM_FIELD, corrupt, feature_checksum
+from stores.pqfeatures import SpliceError, write_with_features
+from stores.pqfeatures import ThriftReader as _ThriftReader
 from stores.rawrows import RawRows
 from stores.schema import REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
 
@@ -90,8 +101,30 @@ def _features_array(block: Block, k: int | None, dim: int, itemsize: int) -> pa.
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, byte_offsets, data])
 
 
-def block_to_table(block: Block, settings: StoreSettings) -> pa.Table:
-    """The Arrow table of one part (layout in the module docstring)."""
+def _feature_values(rows: Sequence[np.ndarray], k: int | None, dim: int, dtype: np.dtype) -> pa.ChunkedArray:
+    """v2 features as numbers: one zero-copy chunk per row (Arrow arrays over the rows' own buffers).
+
+    Fixed K: ``arrow.fixed_shape_tensor<halffloat|float>[K, D]`` (storage: a fixed-size list of K*D
+    values, read by pandas, DuckDB and polars as a list of numbers); variable K: ``large_list`` of the
+    row's K*D values. Parquet writes the values PLAIN (halffloat: FIXED_LEN_BYTE_ARRAY(2)), so a row
+    group's feature values are the same contiguous little-endian bytes as v1's byte column, at the
+    end of its single data page (after the repetition/definition levels).
+    """
+    vtype = _ARROW_TYPES[np.dtype(dtype)]
+    if k is not None:
+        ttype = pa.fixed_shape_tensor(vtype, (k, dim))
+        return pa.chunked_array([pa.ExtensionArray.from_storage(
+            ttype, pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1), type=vtype), k * dim)) for f in rows],
+            type=ttype)
+    return pa.chunked_array([pa.LargeListArray.from_arrays(
+        pa.array(np.array([0, f.size], np.int64)), pa.array(f.reshape(-1), type=vtype)) for f in rows],
+        type=pa.large_list(vtype))
+
+
+def block_to_table(block: Block, settings: StoreSettings, version: int = SCHEMA_VERSION, *,
+                   placeholder: bool = False) -> pa.Table:
+    """The Arrow table of one part (layout in the module docstring; ``version`` 1 writes the old
+    byte column for features)."""
     k, dim = settings.fixed_k, settings.feature_dim
     cols: dict[str, pa.Array | pa.ChunkedArray] = {
         "image_id": pa.array(block.image_id, type=pa.string()),
@@ -104,22 +137,31 @@ def block_to_table(block: Block, settings: StoreSettings) -> pa.Table:
         if block.regions[name] is not None:
             cols[name] = _region_array(block.regions[name], block.offsets, width, k)
     cols[CHECKSUM_FIELD] = pa.array(block.feature_checksums(), type=pa.uint64())
-    cols["features"] = _features_array(block, k, dim, settings.dtype.itemsize)
+    if placeholder:  # one value per row, same Parquet type (stores.pqfeatures writes the real pages)
+        values = pa.array(np.zeros(len(block), settings.dtype), type=_ARROW_TYPES[settings.dtype])
+        cols["features"] = (pa.FixedSizeListArray.from_arrays(values, 1) if k is not None else
+                            pa.LargeListArray.from_arrays(pa.array(np.arange(len(block) + 1), pa.int64()), values))
+    elif version >= 2:
+        rows = block.feature_rows if block.feature_rows is not None else [
+            block.features[block.offsets[i]:block.offsets[i + 1]] for i in range(len(block))]
+        cols["features"] = _feature_values(rows, k, dim, settings.dtype)
+    else:
+        cols["features"] = _features_array(block, k, dim, settings.dtype.itemsize)
     fields = []
     for name, arr in cols.items():
         meta = None
-        if name == "features":
+        if name == "features" and version < 2:
             meta = {b"itmflow.dtype": settings.feature_dtype.encode(),
                     b"itmflow.shape": json.dumps([k if k is not None else -1, dim]).encode()}
         fields.append(pa.field(name, arr.type, nullable=False, metadata=meta))
-    meta = {META_KEY: json.dumps({"schema_version": SCHEMA_VERSION, "feature_dim": dim,
+    meta = {META_KEY: json.dumps({"schema_version": version, "feature_dim": dim,
                                   "feature_dtype": settings.feature_dtype, "k": k}).encode()}
     arrays = [c if isinstance(c, pa.ChunkedArray) else pa.chunked_array([c]) for c in cols.values()]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
 def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[str],
-               row_group_rows: int | None = None) -> None:
+               row_group_rows: int | None = None, *, version: int = SCHEMA_VERSION) -> None:
     """Write ``block`` as a Parquet part file at ``path`` (the committer fsyncs, hashes, renames it).
 
     Written straight to the file: encoding into memory first and writing that costs one more copy
@@ -127,19 +169,42 @@ def write_part(block: Block, settings: StoreSettings, path: str | os.PathLike[st
     it for the feature pages too, ~70 ms per 147 MB part; it cannot be asked per column).
     """
     row_group_rows = row_group_rows or default_row_group_rows(settings)
+    if version >= 2 and len(block):
+        try:
+            _write_spliced(block, settings, path, row_group_rows)
+            return
+        except SpliceError:
+            pass  # an unexpected footer: pyarrow writes the whole part (same values, slower)
     row_bytes = (settings.fixed_k or 36) * settings.feature_dim * settings.dtype.itemsize
     # One data page per column chunk (the page limit is above a whole group): with PLAIN encoding,
     # no compression and a required column, a group's feature values then lie back to back at the
     # end of its column chunk, which is what lets the reader map them (ParquetPartReader).
-    pq.write_table(block_to_table(block, settings), path, row_group_size=max(1, row_group_rows),
+    pq.write_table(block_to_table(block, settings, version), path, row_group_size=max(1, row_group_rows),
                    compression="none", use_dictionary=False, write_statistics=["image_id"], store_schema=True,
                    data_page_size=max(1 << 20, max(1, row_group_rows) * row_bytes + (1 << 20)),
                    write_batch_size=max(1024, row_group_rows), write_page_checksum=True)
 
 
+def _write_spliced(block: Block, settings: StoreSettings, path: str | os.PathLike[str],
+                   row_group_rows: int) -> None:
+    """Schema 2: pyarrow writes every column but the features (a one-value placeholder per row);
+    :mod:`stores.pqfeatures` writes the feature pages from the rows' buffers (module docstring there)."""
+    k, dim = settings.fixed_k, settings.feature_dim
+    vtype = _ARROW_TYPES[settings.dtype]
+    rows = block.feature_rows if block.feature_rows is not None else [
+        block.features[block.offsets[i]:block.offsets[i + 1]] for i in range(len(block))]
+    real = block_to_table(block, settings, 2, placeholder=True)
+    ftype = pa.fixed_shape_tensor(vtype, (k, dim)) if k is not None else pa.large_list(vtype)
+    write_with_features(real, ftype, [np.ascontiguousarray(r) for r in rows], path, max(1, row_group_rows),
+                        compression="none", use_dictionary=False, write_statistics=["image_id"], store_schema=True,
+                        data_page_size=1 << 20, write_batch_size=max(1024, row_group_rows),
+                        write_page_checksum=True)
+
+
 def _flat_values(arr: pa.Array, dtype: np.dtype) -> np.ndarray:
-    if isinstance(arr, pa.ExtensionArray):
-        storage = arr.storage  # FixedSizeListArray: values sliced by hand (flatten() is a compute call)
+    if isinstance(arr, pa.ExtensionArray) or pa.types.is_fixed_size_list(arr.type):
+        storage = arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+        # FixedSizeListArray: values sliced by hand (flatten() is a compute call)
         size = storage.type.list_size
         values = storage.values.slice(storage.offset * size, len(storage) * size)
     else:
@@ -173,6 +238,12 @@ def _decode_features(arr: pa.Array, offsets: np.ndarray, dim: int, dtype: np.dty
         expect = offsets * (dim * itemsize)
         if not np.array_equal(offs - offs[0], expect):
             raise StoreCorruptError(f"{where}: feature byte lengths disagree with num_regions x {dim} x {itemsize}")
+    elif isinstance(arr, pa.ExtensionArray) or pa.types.is_large_list(arr.type) or pa.types.is_list(arr.type) \
+            or pa.types.is_fixed_size_list(arr.type):  # v2: numbers
+        values = _flat_values(arr, dtype)
+        if values.dtype != dtype:
+            raise StoreCorruptError(f"{where}: column 'features' holds {values.dtype}, the manifest says {dtype}")
+        data = values.view(np.uint8)
     else:
         raise StoreCorruptError(f"{where}: column 'features' has unexpected type {arr.type}")
     if data.size != n_regions * dim * itemsize:
@@ -232,6 +303,28 @@ def table_to_block(table: pa.Table, settings: StoreSettings, where: str,
                  feature_rows=feature_rows)
 
 
+def _one_page(fd: int, col: Any) -> bool:
+    """True when the column chunk is one data page: its header (Thrift, read from the file) plus the
+    page's size is the whole chunk. Then the values are the chunk's last bytes. (Comparing header
+    sizes across groups is not enough: the page CRC is a varint of 1-5 bytes.)"""
+    raw = os.pread(fd, 256, col.data_page_offset)
+    reader = _ThriftReader(raw)
+    header = reader.struct()
+    fields = {f[0]: f[2] for f in header}
+    return fields.get(1) in (0, 3) and reader.pos + int(fields.get(3, -1)) == col.total_compressed_size
+
+
+def _row_bytes(arr: pa.Array, i: int, nbytes: int) -> np.ndarray:
+    """The feature bytes of row ``i`` of a decoded features column (v1 bytes or v2 numbers)."""
+    if pa.types.is_fixed_size_binary(arr.type):
+        return np.frombuffer(arr[i].as_py(), dtype=np.uint8)
+    one = arr.slice(i, 1)
+    storage = one.storage if isinstance(one, pa.ExtensionArray) else one
+    size = storage.type.list_size
+    values = storage.values.slice(storage.offset * size, size).to_numpy(zero_copy_only=False)
+    return values.view(np.uint8)
+
+
 class ParquetPartReader:
     """Reads one Parquet part: ids, a row by index (row-group cache of one), blocks in order."""
 
@@ -273,11 +366,12 @@ class ParquetPartReader:
         """For fixed K, find every row's feature bytes in the file (read with :class:`RawRows`).
 
         A part written by :func:`write_part` keeps each row group's features in one uncompressed,
-        PLAIN-encoded data page of a required FIXED_LEN_BYTE_ARRAY column: the values are the last
-        ``rows x K*D*itemsize`` bytes of the column chunk. Reading them is one ``pread`` per image
-        instead of pyarrow's page decode (measured ~2x less read CPU, and lookups skip the
-        feature decode). Anything else, or a spot check that disagrees with pyarrow, keeps the
-        pyarrow path.
+        PLAIN-encoded data page (schema 1: a required FIXED_LEN_BYTE_ARRAY column of one value per
+        row; schema 2: a list of FLOAT16 / FLOAT values, whose RLE levels precede the values in the
+        page): the values are the last ``rows x K*D*itemsize`` bytes of the column chunk. Reading
+        them is one ``pread`` per image instead of pyarrow's page decode (measured ~2x less read
+        CPU, and lookups skip the feature decode). Anything else, or a spot check that disagrees
+        (with the rows' checksums, or for parts without them with pyarrow), keeps the pyarrow path.
         """
         k, dim = self.settings.fixed_k, self.settings.feature_dim
         md = self._file.metadata
@@ -285,22 +379,32 @@ class ParquetPartReader:
             return
         vb = k * dim * self.settings.dtype.itemsize
         leaf = next((j for j in range(md.num_columns)
-                     if md.row_group(0).column(j).path_in_schema == "features"), None)
+                     if md.row_group(0).column(j).path_in_schema.split(".")[0] == "features"), None)
         if leaf is None:
             return
         offs = np.empty(self.num_rows, dtype=np.int64)
         size = self.path.stat().st_size
-        headers: dict[int, int] = {}  # rows in group -> page header bytes; one page per group means
-        # equal-sized groups have equal headers (a group split into pages would have a larger one)
+        if md.row_group(0).column(leaf).path_in_schema == "features":  # v1: one K*D*itemsize byte value per row
+            physical, header_limit = {"FIXED_LEN_BYTE_ARRAY"}, 4096
+        else:  # v2: a list of numbers; the page also holds the rows' repetition/definition levels (RLE)
+            physical, header_limit = {"FIXED_LEN_BYTE_ARRAY", "FLOAT"}, 4096 + 64 * FIXED_K_ROW_GROUP_ROWS * 8
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            pages_ok = all(_one_page(fd, md.row_group(g).column(leaf)) for g in range(md.num_row_groups))
+        except (OSError, SpliceError, IndexError):
+            pages_ok = False
+        finally:
+            os.close(fd)
+        if not pages_ok:
+            return
         for g in range(md.num_row_groups):
             col = md.row_group(g).column(leaf)
             n = md.row_group(g).num_rows
             header = col.total_compressed_size - n * vb
-            if (col.compression != "UNCOMPRESSED" or col.physical_type != "FIXED_LEN_BYTE_ARRAY"
-                    or col.has_dictionary_page or not 0 < header <= 4096
+            if (col.compression != "UNCOMPRESSED" or col.physical_type not in physical
+                    or col.has_dictionary_page or not 0 < header <= header_limit
                     or not set(col.encodings) <= {"PLAIN", "RLE", "BIT_PACKED"}
-                    or col.data_page_offset + col.total_compressed_size > size
-                    or headers.setdefault(n, header) != header):
+                    or col.data_page_offset + col.total_compressed_size > size):
                 return
             start = int(self._starts[g])
             offs[start:start + n] = col.data_page_offset + header + np.arange(n, dtype=np.int64) * vb
@@ -311,8 +415,21 @@ class ParquetPartReader:
             except (OSError, pa.ArrowException) as exc:
                 raise corrupt(self.path, f"column {CHECKSUM_FIELD!r} cannot be read ({exc})") from exc
         raw = RawRows(self.path, offs, vb, self.settings.dtype, (k, dim))
-        # Spot check against pyarrow: first and last row of the first and last group (unchecked
-        # reads: a wrong layout must fall back to pyarrow, not look like damage).
+        if checksums is not None:
+            # Spot check against the rows' own checksums: first and last row of the first and last
+            # group. A wrong layout (or damage there) keeps pyarrow's decode, which checks every
+            # row itself and names a damaged one. (Decoding the groups instead cost ~25 ms each for
+            # schema-2 float16 features: ~0.5 s to open a 10,000-image store.)
+            spots = sorted({0, int(self._starts[1]) - 1, int(self._starts[-2]), self.num_rows - 1})
+            for row in spots:
+                if feature_checksum(raw.read_bytes(row, row + 1)[0]) != int(checksums[row]):
+                    raw.close()
+                    return
+            raw.set_checksums(checksums)
+            self._raw = raw
+            return
+        # Without checksums (older parts), a spot check against pyarrow: first and last row of the
+        # first and last group (a wrong layout must fall back to pyarrow, not look like damage).
         for g in {0, md.num_row_groups - 1}:
             try:
                 table = self._feature_file().read_row_group(g, columns=["features"], use_threads=False)
@@ -322,7 +439,7 @@ class ParquetPartReader:
             arr = table.column(0).chunk(0)
             for local in {0, len(arr) - 1}:
                 row = int(self._starts[g]) + local
-                if arr[local].as_py() != raw(row).tobytes():
+                if not np.array_equal(_row_bytes(arr, local, vb), raw.read_bytes(row, row + 1)[0]):
                     raw.close()
                     return
         raw.set_checksums(checksums)

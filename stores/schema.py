@@ -1,4 +1,5 @@
-"""Region store contract v1: field names, dtypes, region policy, manifest constants and row validation.
+"""Region store contract (schema versions 1 and 2): field names, dtypes, region policy, manifest
+constants and row validation.
 
 Everything that decides what a valid row is lives here, so the Parquet and HDF5 part writers, the
 readers, verify and the importers agree on one definition. The names that detectors share with
@@ -8,8 +9,10 @@ stores (fields, storages, feature dtypes, :class:`RegionPolicy`, the row types) 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,7 +25,15 @@ from itmflow.regions import REGION_FIELDS as _REGIONS
 from itmflow.regions import SCALAR_FIELDS as _SCALARS
 
 FORMAT = "itmflow.regions"
-SCHEMA_VERSION = 1
+#: Written by new stores. Version 2 keeps the parts in ``data/`` (nothing else there, so
+#: ``pd.read_parquet("store/data")`` and ``'store/data/*.parquet'`` work) and stores Parquet features as
+#: numbers (``arrow.fixed_shape_tensor`` / ``large_list`` of halffloat or float), not opaque bytes.
+#: Version 1 stores (parts beside the manifest, byte features) are still read, and resumed as v1.
+SCHEMA_VERSION = 2
+#: Schema versions this itmflow reads.
+READABLE_VERSIONS = (1, 2)
+#: Folder of the part files in a version-2 store.
+DATA_DIR = "data"
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.jsonl"
 #: Held (flock) by the one process writing the store; see stores/lock.py. Not part of the data.
@@ -42,6 +53,18 @@ _PART_RE = re.compile(r"^part-(\d{5,})\.(parquet|h5)$")
 def part_name(index: int, storage: str) -> str:
     """File name of part number ``index`` (``part-00003.parquet``)."""
     return f"{PART_PREFIX}{index:05d}{STORAGES[storage]}"
+
+
+def part_file(index: int, storage: str, version: int = SCHEMA_VERSION) -> str:
+    """The manifest's ``file`` of part number ``index``: ``data/part-00003.parquet`` in a version-2
+    store, ``part-00003.parquet`` (beside the manifest) in a version-1 store."""
+    name = part_name(index, storage)
+    return f"{DATA_DIR}/{name}" if version >= 2 else name
+
+
+def parts_dir(store: str | os.PathLike[str], version: int) -> Path:
+    """The directory holding the part files of a store of schema ``version``."""
+    return Path(store) / DATA_DIR if version >= 2 else Path(store)
 
 
 def is_part_name(name: str) -> bool:
@@ -209,8 +232,9 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
     return out  # type: ignore[return-value]
 
 
-__all__ = ["ALL_FIELDS", "ARRAY_FIELDS", "DEFAULT_CONF", "DETECTED_FIELDS", "FAILURES_NAME", "FEATURES",
-           "FEATURE_DTYPES", "FORMAT", "LABEL_FIELDS", "LOCK_NAME", "MANIFEST_NAME", "OPTIONAL_FIELDS",
-           "PART_PREFIX", "POLICY_KINDS", "REGION_FIELDS", "SCALAR_FIELDS", "SCHEMA_VERSION", "STORAGES",
-           "STRING_FIELDS", "DetectedRegions", "RegionPolicy", "RegionRow", "StoreSettings", "all_finite",
-           "geometry_from_boxes", "is_part_name", "is_temp_name", "part_name", "validate_row"]
+__all__ = ["ALL_FIELDS", "ARRAY_FIELDS", "DATA_DIR", "DEFAULT_CONF", "DETECTED_FIELDS", "DetectedRegions",
+           "FAILURES_NAME", "FEATURES", "FEATURE_DTYPES", "FORMAT", "LABEL_FIELDS", "LOCK_NAME",
+           "MANIFEST_NAME", "OPTIONAL_FIELDS", "PART_PREFIX", "POLICY_KINDS", "READABLE_VERSIONS",
+           "REGION_FIELDS", "RegionPolicy", "RegionRow", "SCALAR_FIELDS", "SCHEMA_VERSION", "STORAGES",
+           "STRING_FIELDS", "StoreSettings", "all_finite", "geometry_from_boxes", "is_part_name",
+           "is_temp_name", "part_file", "part_name", "parts_dir", "validate_row"]

@@ -15,7 +15,7 @@ from itmflow.files import sha256_file
 from stores import hdf5_part, parquet_part
 from stores.lock import pid_alive, read_lock, this_host
 from stores.manifest import load_manifest
-from stores.schema import (FAILURES_NAME, LOCK_NAME, MANIFEST_NAME, StoreSettings, is_part_name,
+from stores.schema import (DATA_DIR, FAILURES_NAME, LOCK_NAME, MANIFEST_NAME, StoreSettings, is_part_name, parts_dir,
                            is_temp_name)
 
 
@@ -66,8 +66,13 @@ def verify_store(path: str | os.PathLike[str], *, check_hashes: bool = True,
             report.warnings.append((LOCK_NAME, f"a writer holds the store ({holder.describe()}): this report "
                                                "covers what was committed when it was read"))
     named = {p["file"] for p in manifest["parts"]}
-    for entry in sorted(os.listdir(root)):
-        if (is_part_name(entry) and entry not in named) or is_temp_name(entry):
+    version = int(manifest["schema_version"])
+    listed = [e for e in sorted(os.listdir(root))]
+    if parts_dir(root, version) != root and parts_dir(root, version).is_dir():
+        listed += [f"{DATA_DIR}/{e}" for e in sorted(os.listdir(parts_dir(root, version)))]
+    for entry in listed:
+        base = entry.rsplit("/", 1)[-1]
+        if (is_part_name(base) and entry not in named) or is_temp_name(base):
             report.warnings.append((entry, "debris from an interrupted commit (not in the manifest); the "
                                            "next writer removes it"))
     failures = root / FAILURES_NAME

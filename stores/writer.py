@@ -29,8 +29,8 @@ from stores import hdf5_part, parquet_part
 from stores.block import Block
 from stores.lock import StoreLock
 from stores.manifest import load_manifest, manifest_path, new_manifest, save_manifest, settings_mismatch
-from stores.schema import (FAILURES_NAME, MANIFEST_NAME, RegionPolicy, StoreSettings, is_part_name, is_temp_name,
-                           part_name, validate_row)
+from stores.schema import (DATA_DIR, FAILURES_NAME, MANIFEST_NAME, SCHEMA_VERSION, RegionPolicy, StoreSettings,
+                           is_part_name, is_temp_name, part_file, part_name, parts_dir, validate_row)
 
 DEFAULT_ROWS_PER_PART = 512
 
@@ -114,8 +114,11 @@ class RegionStoreWriter:
                  feature_dtype: str = "float16", region_policy: RegionPolicy | Mapping[str, Any] | None = None,
                  detector: Mapping[str, Any] | None = None, rows_per_part: int = DEFAULT_ROWS_PER_PART,
                  extra: Mapping[str, Any] | None = None, absent_fields: tuple[str, ...] | list[str] = (),
-                 row_group_rows: int | None = None) -> None:
+                 row_group_rows: int | None = None, schema_version: int = SCHEMA_VERSION) -> None:
         self.path = Path(path)
+        #: Layout of a new store (2; 1 only to make old-layout stores in tests); an existing store
+        #: keeps the version of its manifest (a v1 store is resumed as v1: `store convert` upgrades).
+        self.version = schema_version
         self.settings = StoreSettings(storage=storage, feature_dim=feature_dim, feature_dtype=feature_dtype,
                                       region_policy=RegionPolicy.from_manifest(region_policy or RegionPolicy()),
                                       detector=_jsonable(dict(detector or {})),
@@ -149,6 +152,7 @@ class RegionStoreWriter:
         self._committed: dict[str, str] = {}
         if manifest_path(self.path).exists():
             self.manifest = load_manifest(self.path)
+            self.version = int(self.manifest["schema_version"])
             recorded = StoreSettings.from_manifest(self.manifest)
             diffs = settings_mismatch(recorded, self.settings)
             if diffs:
@@ -158,11 +162,14 @@ class RegionStoreWriter:
         else:
             # A writer writes the manifest before its first part, so part files without a manifest
             # are not our crash debris (a deleted manifest?): refuse rather than delete data.
-            strays = sorted(e for e in os.listdir(self.path) if is_part_name(e))
+            strays = sorted(e for d in {self.path, parts_dir(self.path, 2)} if d.is_dir()
+                            for e in os.listdir(d) if is_part_name(e))
             if strays:
                 raise StoreError(f"{self.path} holds part files ({', '.join(strays[:3])}...) but no manifest.json; "
                                  "nothing was deleted. Restore the manifest or write to another directory")
-            self.manifest = new_manifest(self.settings, _jsonable(dict(extra or {})))
+            self.manifest = new_manifest(self.settings, _jsonable(dict(extra or {})), self.version)
+        self.parts_dir = parts_dir(self.path, self.version)
+        self.parts_dir.mkdir(exist_ok=True)
         self.removed_debris = self._remove_debris()
         self._committed = self._read_committed_ids()
         self._next_index = 1 + max((_part_index(p["file"]) for p in self.manifest["parts"]), default=-1)
@@ -173,12 +180,15 @@ class RegionStoreWriter:
         """Remove part files the manifest does not name and temporary files (parts, manifest)."""
         named = {p["file"] for p in self.manifest["parts"]}
         removed = []
-        for entry in sorted(os.listdir(self.path)):
-            if (is_part_name(entry) and entry not in named) or is_temp_name(entry):
-                (self.path / entry).unlink()
-                removed.append(entry)
-        if removed:
-            fsync_dir(self.path)
+        for directory in sorted({self.path, self.parts_dir}):
+            prefix = "" if directory == self.path else f"{DATA_DIR}/"
+            gone = [e for e in sorted(os.listdir(directory))
+                    if (is_part_name(e) and prefix + e not in named) or is_temp_name(e)]
+            for entry in gone:
+                (directory / entry).unlink()
+            if gone:
+                fsync_dir(directory)
+            removed += [prefix + e for e in gone]
         return removed
 
     def _read_committed_ids(self) -> dict[str, str]:
@@ -234,11 +244,12 @@ class RegionStoreWriter:
         name = part_name(self._next_index, self.settings.storage)
         try:
             if self.settings.storage == "parquet":
-                tmp = produce_part_file(self.path, name, lambda t: parquet_part.write_part(
-                    block, self.settings, t, self.row_group_rows))
+                tmp = produce_part_file(self.parts_dir, name, lambda t: parquet_part.write_part(
+                    block, self.settings, t, self.row_group_rows, version=self.version))
             else:
                 self._check_room(_block_bytes(block), name)
-                tmp = produce_part_file(self.path, name, lambda t: hdf5_part.write_part(block, self.settings, t))
+                tmp = produce_part_file(self.parts_dir, name, lambda t: hdf5_part.write_part(
+                    block, self.settings, t, version=self.version))
         except BaseException as exc:
             full = self._disk_full(exc, name)
             if full is None:
@@ -250,21 +261,22 @@ class RegionStoreWriter:
             tmp.unlink(missing_ok=True)  # this part's rows stay pending
             raise
         self._next_index += 1
-        entry = {**_jsonable(self.part_extra), "file": name, "rows": len(block),
+        file = part_file(self._next_index - 1, self.settings.storage, self.version)
+        entry = {**_jsonable(self.part_extra), "file": file, "rows": len(block),
                  "regions": int(block.offsets[-1])}
-        self._finishing_ids = {image_id: name for image_id in block.image_id}
+        self._finishing_ids = {image_id: file for image_id in block.image_id}
         self._pending.clear()
         self._pending_ids.clear()
         self._finish_file = name
-        self._finishing = threading.Thread(target=self._finish, args=(tmp, entry, self._finishing_ids),
+        self._finishing = threading.Thread(target=self._finish, args=(tmp, name, entry, self._finishing_ids),
                                            name="store-commit")
         self._finishing.start()
         return name
 
-    def _finish(self, tmp: Path, entry: dict[str, Any], ids: dict[str, str]) -> None:
+    def _finish(self, tmp: Path, name: str, entry: dict[str, Any], ids: dict[str, str]) -> None:
         """Background half of a commit: fsync + sha256, rename, then the manifest rewrite."""
         try:
-            sha, size = finish_part_file(self.path, tmp, entry["file"])
+            sha, size = finish_part_file(self.parts_dir, tmp, name)
             # The in-memory manifest changes only once the file does: a failed rewrite (disk full)
             # leaves the renamed part as debris for the next open, never as a committed entry.
             manifest = {**self.manifest, "parts": [*self.manifest["parts"], {**entry, "sha256": sha,

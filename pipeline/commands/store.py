@@ -58,6 +58,7 @@ def store_summary(path: Path) -> dict:
         m = read_caption_manifest(path)
         return {"kind": "captions", "store": str(path), "captions": m["counts"]["captions"],
                 "images": m["counts"]["images"], "splits": m["counts"]["splits"],
+                "split_counts_are": "captions (not images)",
                 "tokenizer": m.get("tokenizer"), "vocab_sha256": m.get("vocab_sha256"), "bytes": m.get("bytes")}
     m = load_manifest(path)
     failures = path / FAILURES_NAME
@@ -70,7 +71,83 @@ def store_summary(path: Path) -> dict:
             "weights_file": det.get("weights_file"), "weights_sha256": det.get("weights_sha256"),
             "absent_fields": m.get("absent_fields", []), "parts": len(m["parts"]),
             "bytes": sum(int(p["bytes"]) for p in m["parts"]), "failures": n_fail,
-            "schema_version": m["schema_version"], **_worker_shapes(m["parts"])}
+            "schema_version": m["schema_version"], **_what_users_ask(path, m), **_worker_shapes(m["parts"])}
+
+
+def _what_users_ask(path: Path, m: dict) -> dict:
+    """Random init and seed, detector scale and proposals, regions per image, per-split counts,
+    provenance and the source collection: what a user asks of a store first."""
+    import numpy as np
+
+    det = m.get("detector") or {}
+    settings = det.get("settings") or {}
+    out: dict = {"random_init": settings.get("random_init", "not recorded")}
+    if settings.get("random_init"):
+        out["seed"] = settings.get("seed", "not recorded")
+    if "min_size" in settings or "max_size" in settings:
+        out["detector_scale"] = (f"shorter side {settings.get('min_size')}, "
+                                 f"longer side at most {settings.get('max_size')}")
+    if "post_nms_topk" in settings:
+        out["proposals"] = (f"{settings.get('pre_nms_topk', '?')} before RPN NMS, {settings['post_nms_topk']} after "
+                            f"(NMS {settings.get('rpn_nms_thresh', '?')})")
+    counts = _region_counts(path, m)
+    if counts.size:
+        out["regions_per_image"] = {"min": int(counts.min()), "median": float(np.median(counts)),
+                                    "max": int(counts.max())}
+    extract = (m.get("extra") or {}).get("extract") or {}
+    out["collection"] = {"file": extract.get("collection_file") or extract.get("collection") or "not recorded",
+                         "sha256": extract.get("collection_sha256") or "not recorded"}
+    out["split_counts"] = _split_counts(path, extract)
+    prov = m.get("provenance") or {}
+    out["made"] = {"created": prov.get("created"), "by": f"{prov.get('tool', '?')} {prov.get('version', '?')}",
+                   "versions": prov.get("versions")}
+    return out
+
+
+def _region_counts(path: Path, m: dict):
+    """num_regions of every committed image (fixed K: from the policy, nothing is read)."""
+    import numpy as np
+
+    from stores.schema import RegionPolicy
+
+    k = RegionPolicy.from_manifest(m["region_policy"]).fixed_k
+    if k is not None:
+        return np.full(int(m.get("num_rows", 0)), k, dtype=np.int64)
+    counts = []
+    for part in m["parts"]:
+        file = path / part["file"]
+        try:
+            if m["storage"] == "parquet":
+                import pyarrow.parquet as pq
+                counts.append(pq.read_table(file, columns=["num_regions"]).column(0).to_numpy())
+            else:
+                import h5py
+                with h5py.File(file, "r") as fid:
+                    counts.append(fid["num_regions"][()])
+        except Exception:  # a damaged part is `store verify`'s business; inspect shows what it can
+            continue
+    return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64)
+
+
+def _split_counts(path: Path, extract: dict):
+    """Images per split, from the collection table the manifest names (when it is still there)."""
+    from collections import Counter
+
+    name = extract.get("collection_file")
+    if not name:
+        return "unknown (the manifest does not name its collection table)"
+    table = Path(name)
+    if not table.is_file():
+        return f"unknown (collection table {name} is not found)"
+    try:
+        from pipeline.collections.table import read_collection
+        from stores.reader import open_region_store
+
+        split_of = {im.image_id: im.split for im in read_collection(table).images}
+        with open_region_store(path) as reader:
+            return dict(sorted(Counter(split_of.get(i, "?") for i in reader.ids()).items()))
+    except Exception as exc:  # inspect is a summary: say why instead of failing
+        return f"unknown ({type(exc).__name__}: {exc})"
 
 
 def _worker_shapes(parts: list[dict]) -> dict:
@@ -166,18 +243,22 @@ def verify_cmd(
 def convert_cmd(
     src: Path = typer.Argument(..., help="Source region store."),
     dst: Path = typer.Argument(..., help="Destination directory (new, or a partial conversion to resume)."),
-    to: str = typer.Option(..., "--to", help="Target storage: parquet | hdf5."),
+    to: Optional[str] = typer.Option(None, "--to", help="Target storage: parquet | hdf5 (default: the "
+                                     "source's, e.g. to upgrade a schema-1 store to schema 2)."),
 ) -> None:
-    """Copy a store into the other storage; every value is kept bit for bit."""
+    """Copy a store into the other storage, or upgrade a schema-1 store to the current layout
+    (schema 2); every value is kept bit for bit."""
     from itmflow.errors import StoreError
     from stores.convert import convert_store
     from stores.manifest import load_manifest
 
+    if to is None:
+        to = str(load_manifest(src)["storage"])
     if to not in ("parquet", "hdf5"):
         raise StoreError(f"--to {to!r}: use parquet or hdf5")
     with _progress(f"converting to {to}", int(load_manifest(src).get("num_rows", 0))) as advance:
         convert_store(src, dst, to=to, progress=advance)
-    typer.echo(f"wrote {dst} ({to})")
+    typer.echo(f"wrote {dst} ({to}, schema version {load_manifest(dst)['schema_version']})")
 
 
 @store_app.command("export")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from itmflow.errors import ItmflowError, StoreError
+from itmflow.files import sha256_file
 from detectors.memory import shape_cache_env
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.plan import (Batch, Plan, make_plan, missing_now_present, read_failures,
@@ -327,6 +328,8 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
                 # commit (disk full) is raised as the run's error, not as one image's failure
                 rows_per_part=cfg.part_size + cfg.batch_size,
                 extra={"extract": {"collection": Path(cfg.collection).name,
+                                   "collection_file": str(Path(cfg.collection).resolve()),
+                                   "collection_sha256": sha256_file(cfg.collection),
                                    "batch_size": cfg.batch_size, "splits": list(cfg.splits)}})
             with writer:
                 # The writer removed crash debris; its committed ids are the truth from here on.

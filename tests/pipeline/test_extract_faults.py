@@ -150,7 +150,7 @@ def _resume_and_check(coll: Path, out: Path) -> None:
     assert summary.processed + summary.already_done == len(SIX)
     assert [r[0] for r in store_contents(out)] == [Path(f).stem for f in SIX]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
         [p["file"] for p in manifest["parts"]] + ["manifest.json"])
 
 

@@ -139,7 +139,7 @@ def test_sigkilled_run_resumes_to_the_same_store(tmp_path, good_collection, refe
     assert summary.processed == len(GOOD) - 2 * committed
     assert store_contents(out) == store_contents(reference_store)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(
         [p["file"] for p in manifest["parts"]] + ["manifest.json"])  # no debris, no duplicates
 
 

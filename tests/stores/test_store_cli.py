@@ -27,7 +27,7 @@ def test_inspect_and_verify(tmp_path):
 
     res = runner.invoke(app, ["store", "verify", str(store)])
     assert res.exit_code == 0 and "ok" in res.output
-    part = store / "part-00001.parquet"
+    part = store / "data/part-00001.parquet"
     data = bytearray(part.read_bytes())
     data[1000] ^= 1
     part.write_bytes(bytes(data))
@@ -35,7 +35,7 @@ def test_inspect_and_verify(tmp_path):
     assert res.exit_code == 1
     assert "part-00001.parquet" in res.output and "sha256" in res.output
     report = json.loads((tmp_path / "v.json").read_text())
-    assert report["ok"] is False and report["problems"][0]["file"] == "part-00001.parquet"
+    assert report["ok"] is False and report["problems"][0]["file"] == "data/part-00001.parquet"
 
     res = runner.invoke(app, ["store", "verify", str(tmp_path / "nowhere")])
     assert res.exit_code == 1 and "manifest.json is missing" in res.output

@@ -66,7 +66,7 @@ def test_file_size_limit_mid_write_is_a_clear_error_and_resumes(tmp_path, storag
     assert "4 image(s) are committed" in message and "rerun the same command" in message
     # nothing committed is lost, nothing temporary is left, the lock was released
     assert sorted(open_region_store(store).ids()) == [f"img{i:04d}" for i in range(4)]
-    leftovers = [n for n in os.listdir(store) if n.startswith(".") or n == LOCK_NAME]
+    leftovers = [n for n in os.listdir(store) + os.listdir(store / "data") if n.startswith(".") or n == LOCK_NAME]
     assert leftovers == []
     # the same run again (no limit) resumes after the committed images
     rows = make_rows(N, dim=64)
@@ -86,16 +86,16 @@ def test_store_left_with_a_temp_manifest_opens_cleanly_and_resumes(tmp_path):
     store = write_store(tmp_path / "s", rows[:4], rows_per_part=2)
     # what a crash (or an old writer hitting a full disk) leaves: a half temp manifest and a temp part
     (store / ".manifest.json.tmp-424242").write_text('{"format": "itmflow.regions", "parts": [')
-    (store / ".part-00002.parquet.tmp-424242").write_bytes(b"PAR1 half")
+    (store / "data/.part-00002.parquet.tmp-424242").write_bytes(b"PAR1 half")
     assert len(open_region_store(store)) == 4  # readers ignore both
     report = verify_store(store)
     assert report.ok
-    assert {f for f, _ in report.warnings} == {".manifest.json.tmp-424242", ".part-00002.parquet.tmp-424242"}
+    assert {f for f, _ in report.warnings} == {".manifest.json.tmp-424242", "data/.part-00002.parquet.tmp-424242"}
     with RegionStoreWriter(store, feature_dim=64, region_policy=FIXED, detector=DETECTOR, rows_per_part=2) as writer:
-        assert sorted(writer.removed_debris) == [".manifest.json.tmp-424242", ".part-00002.parquet.tmp-424242"]
+        assert sorted(writer.removed_debris) == [".manifest.json.tmp-424242", "data/.part-00002.parquet.tmp-424242"]
         for row in rows[4:]:
             writer.add(row)
-    assert sorted(os.listdir(store)) == ["manifest.json", "part-00000.parquet", "part-00001.parquet",
+    assert sorted(os.listdir(store / "data")) == ["part-00000.parquet", "part-00001.parquet",
                                          "part-00002.parquet"]
     report = verify_store(store)
     assert report.ok and report.rows_checked == 6 and not report.warnings
@@ -135,7 +135,7 @@ def test_no_space_left_on_a_full_tmpfs(small_tmpfs, storage):
     message = str(info.value)
     assert message.startswith(f"{store}: the disk is full (No space left on device)")
     assert "8 image(s) are committed" in message
-    assert sorted(os.listdir(store)) == ["manifest.json", "part-00000" + (".parquet" if storage == "parquet"
+    assert sorted(os.listdir(store / "data")) == ["part-00000" + (".parquet" if storage == "parquet"
                                                                           else ".h5"),
                                          "part-00001" + (".parquet" if storage == "parquet" else ".h5")]
     with open_region_store(store) as reader:

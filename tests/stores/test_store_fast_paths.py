@@ -37,7 +37,7 @@ def test_hdf5_parts_read_back_through_h5py(tmp_path, dtype):
     """Fixed-K HDF5 features are written straight into their chunks; libhdf5 reads the same values."""
     rows = make_rows(7, seed=9)
     store = write_store(tmp_path / "s", rows, storage="hdf5", dtype=dtype, rows_per_part=7)
-    with h5py.File(store / "part-00000.h5", "r") as fid:
+    with h5py.File(store / "data/part-00000.h5", "r") as fid:
         ds = fid["features"]
         assert ds.chunks == (36, 2048) and ds.dtype == np.dtype(dtype)
         stacked = np.concatenate([r["features"] for r in rows]).astype(dtype)
@@ -89,7 +89,7 @@ def test_background_commit_error_surfaces_and_rows_stay_pending(tmp_path, monkey
     writer.close()
     reader = open_region_store(store)
     assert reader.ids() == ["img0002", "img0003", "img0004"]
-    assert not [n for n in os.listdir(store) if n.startswith(".")]  # the failed part left no debris
+    assert not [n for n in os.listdir(store) + os.listdir(store / "data") if n.startswith(".")]  # the failed part left no debris
     resumed = RegionStoreWriter(store, region_policy=FIXED, detector=DETECTOR, rows_per_part=2)
     with resumed:
         for row in rows:
@@ -103,7 +103,7 @@ def test_ids_of_a_part_being_finished_are_refused_and_durable_after_wait(tmp_pat
     writer = RegionStoreWriter(tmp_path / "s", region_policy=FIXED, detector=DETECTOR, rows_per_part=2)
     writer.add(rows[0])
     writer.add(rows[1])
-    with pytest.raises(StoreError, match="already committed in part-00000.parquet"):
+    with pytest.raises(StoreError, match="already committed in data/part-00000.parquet"):
         writer.add(rows[0])
     writer.wait()
     assert writer.committed_ids() == {"img0000", "img0001"}

@@ -66,7 +66,7 @@ def _every_reader_raises(store: Path, part: str, damaged_id: str, index: int, fi
 def test_flipped_feature_byte_is_caught_by_every_reader(tmp_path, storage, adaptive):
     rows = make_rows(6, seed=21, adaptive=adaptive)
     store = write_store(tmp_path / "s", rows, storage=storage, adaptive=adaptive, rows_per_part=3)
-    part = f"part-00001.{EXT[storage]}"
+    part = f"data/part-00001.{EXT[storage]}"
     damaged = rows[4]
     _flip(store / part, damaged["features"].astype(np.float16).tobytes()[:4096], 1001)
 
@@ -83,7 +83,7 @@ def test_flipped_feature_byte_is_caught_by_every_reader(tmp_path, storage, adapt
 def test_flipped_byte_in_a_small_column_is_caught(tmp_path, storage):
     rows = make_rows(6, seed=22)
     store = write_store(tmp_path / "s", rows, storage=storage, rows_per_part=3)
-    part = f"part-00001.{EXT[storage]}"
+    part = f"data/part-00001.{EXT[storage]}"
     _flip(store / part, rows[4]["boxes"].tobytes()[:64], 5)  # boxes of row 1 of part 1
     _every_reader_raises(store, part, rows[4]["image_id"], 4, True, tmp_path, features=False)
     assert_row_equal(open_region_store(store).get(rows[0]["image_id"]), rows[0], "float16")
@@ -93,7 +93,7 @@ def test_flipped_byte_in_a_small_column_is_caught(tmp_path, storage):
 def test_flipped_byte_in_the_ids_refuses_to_open(tmp_path, storage):
     rows = make_rows(4, seed=23)
     store = write_store(tmp_path / "s", rows, storage=storage, rows_per_part=2)
-    part = f"part-00001.{EXT[storage]}"
+    part = f"data/part-00001.{EXT[storage]}"
     # The id's value (Parquet: PLAIN, after its 4-byte length, as min/max statistics hold copies;
     # HDF5: NUL-padded in the global heap, as the `file` values hold it too).
     needle = len("img0003").to_bytes(4, "little") + b"img0003" if storage == "parquet" else b"img0003\0"
@@ -110,7 +110,7 @@ def test_untouched_store_carries_checksums_and_reads_as_written(tmp_path, storag
     want_sums = [feature_checksum(r["features"].astype(np.float16)) for r in rows]
     sums = []
     for p in (0, 1):
-        path = store / f"part-0000{p}.{EXT[storage]}"
+        path = store / f"data/part-0000{p}.{EXT[storage]}"
         if storage == "parquet":
             sums += pq.read_table(path, columns=[CHECKSUM_FIELD]).column(0).to_pylist()
         else:
@@ -177,10 +177,10 @@ def test_damage_far_into_a_part_raises_at_its_row(tmp_path, storage):
     store = write_store(tmp_path / "s", rows, storage=storage, rows_per_part=90)
     assert [r["image_id"] for r in open_region_store(store)] == [r["image_id"] for r in rows]
 
-    _flip(store / f"part-00000.{EXT[storage]}", rows[77]["features"].astype(np.float16).tobytes()[:512], 300)
+    _flip(store / f"data/part-00000.{EXT[storage]}", rows[77]["features"].astype(np.float16).tobytes()[:512], 300)
     got = []
     with pytest.raises(StoreCorruptError, match="row 77: features fail their checksum") as exc:
         for row in open_region_store(store):
             got.append(row["image_id"])
     assert got == [r["image_id"] for r in rows[:77]]
-    _assert_names_store_and_part(exc, store, f"part-00000.{EXT[storage]}")
+    _assert_names_store_and_part(exc, store, f"data/part-00000.{EXT[storage]}")

@@ -37,20 +37,21 @@ def test_resume_after_crash(tmp_path, storage, monkeypatch):
     ext = ".parquet" if storage == "parquet" else ".h5"
     # Leave more debris: a stray part file the manifest does not name (crash between rename and
     # manifest rewrite) next to the temp file the crash left.
-    shutil.copy(store / f"part-00000{ext}", store / f"part-00007{ext}")
-    assert any(n.startswith(".part-00001") for n in os.listdir(store))
+    shutil.copy(store / f"data/part-00000{ext}", store / f"data/part-00007{ext}")
+    assert any(n.startswith(".part-00001") for n in os.listdir(store / "data"))
 
     resumed = RegionStoreWriter(store, storage=storage, region_policy=FIXED, detector=DETECTOR, rows_per_part=4)
-    assert sorted(resumed.removed_debris) == sorted([f"part-00007{ext}"] + [
-        n for n in resumed.removed_debris if n.startswith(".part-00001")])
+    assert sorted(resumed.removed_debris) == sorted([f"data/part-00007{ext}"] + [
+        n for n in resumed.removed_debris if n.startswith("data/.part-00001")])
     assert len(resumed.removed_debris) == 2
     assert resumed.committed_ids() == {r["image_id"] for r in rows[:4]}
     with resumed:
         for row in rows:
             if row["image_id"] not in resumed.committed_ids():
                 resumed.add(row)
-    names = sorted(os.listdir(store))
-    assert names == ["manifest.json", f"part-00000{ext}", f"part-00001{ext}", f"part-00002{ext}"]
+    assert sorted(os.listdir(store)) == ["data", "manifest.json"]
+    names = sorted(os.listdir(store / "data"))
+    assert names == [f"part-00000{ext}", f"part-00001{ext}", f"part-00002{ext}"]
     reader = open_region_store(store)
     assert reader.ids() == [r["image_id"] for r in rows]  # no duplicates, commit order kept
     for got, want in zip(reader, rows):
@@ -58,18 +59,18 @@ def test_resume_after_crash(tmp_path, storage, monkeypatch):
     # Determinism: the resumed store's parts are byte-identical to a run in one go.
     one_go = write_store(tmp_path / "one", rows, storage=storage, rows_per_part=4)
     for name in names[1:]:
-        assert (store / name).read_bytes() == (one_go / name).read_bytes(), name
+        assert (store / "data" / name).read_bytes() == (one_go / "data" / name).read_bytes(), name
 
 
 def test_truncated_committed_part_is_not_touched(tmp_path):
     store = write_store(tmp_path / "s", make_rows(6), rows_per_part=3)
-    part = store / "part-00001.parquet"
+    part = store / "data/part-00001.parquet"
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])
     with pytest.raises(StoreCorruptError, match=r"part-00001.parquet has \d+ bytes, the manifest says"):
         RegionStoreWriter(store, region_policy=FIXED, detector=DETECTOR)
     assert part.read_bytes() == data[: len(data) // 2]  # refused, removed nothing
-    assert (store / "part-00000.parquet").exists()
+    assert (store / "data/part-00000.parquet").exists()
     with pytest.raises(StoreCorruptError, match="part-00001.parquet"):
         list(open_region_store(store))
 
@@ -79,4 +80,4 @@ def test_parts_without_manifest_are_not_deleted(tmp_path):
     (store / "manifest.json").unlink()
     with pytest.raises(StoreError, match="no manifest.json; nothing was deleted"):
         RegionStoreWriter(store, region_policy=FIXED, detector=DETECTOR)
-    assert (store / "part-00000.parquet").exists()
+    assert (store / "data/part-00000.parquet").exists()

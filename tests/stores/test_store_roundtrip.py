@@ -85,7 +85,7 @@ def test_bad_rows_named(tmp_path):
     writer.close()
     # The failed adds left nothing behind; the good rows are committed.
     assert open_region_store(tmp_path / "s").ids() == ["img0000", "img0001"]
-    with pytest.raises(StoreError, match="duplicate image_id 'img0001': already committed in part-00000"):
+    with pytest.raises(StoreError, match="duplicate image_id 'img0001': already committed in data/part-00000"):
         RegionStoreWriter(tmp_path / "s", region_policy=FIXED).add(rows[1])
 
 
@@ -108,7 +108,7 @@ def test_newer_schema_version_refused(tmp_path):
     doc = json.loads(mpath.read_text())
     doc["schema_version"] = SCHEMA_VERSION + 1
     mpath.write_text(json.dumps(doc))
-    with pytest.raises(SchemaVersionError, match=r"manifest.json has schema_version 2.*upgrade itmflow"):
+    with pytest.raises(SchemaVersionError, match=r"manifest.json has schema_version 3.*upgrade itmflow"):
         open_region_store(tmp_path / "s")
     with pytest.raises(SchemaVersionError):
         RegionStoreWriter(tmp_path / "s", region_policy=FIXED, detector=DETECTOR)
@@ -176,7 +176,7 @@ def test_parquet_mapped_features_and_foreign_layout_fallback(tmp_path):
     clean = [validate_row(r, settings) for r in rows]
     table = block_to_table(Block.from_rows(clean, 2048, settings.dtype, settings.present_region_fields()),
                            settings)
-    part = store / "part-00000.parquet"
+    part = store / "data/part-00000.parquet"
     pq.write_table(table, part, row_group_size=6, compression="none", use_dictionary=False,
                    data_page_size=1, write_batch_size=1)  # one data page per value
     doc = json.loads((store / "manifest.json").read_text())

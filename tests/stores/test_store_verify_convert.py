@@ -24,13 +24,13 @@ def test_verify_sound_and_flipped_byte(tmp_path, storage):
     report = verify_store(store)
     assert report.ok and report.parts_checked == 2 and report.rows_checked == 6
     ext = "parquet" if storage == "parquet" else "h5"
-    part = store / f"part-00001.{ext}"
+    part = store / f"data/part-00001.{ext}"
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0x40  # inside the feature bytes
     part.write_bytes(bytes(data))
     report = verify_store(store)
     assert not report.ok
-    assert {f for f, _ in report.problems} == {f"part-00001.{ext}"}
+    assert {f for f, _ in report.problems} == {f"data/part-00001.{ext}"}
     assert "sha256" in report.problems[0][1]
     # the readers verify uses check the feature checksums too, and name the row
     assert any("features fail their checksum" in m for _, m in report.problems[1:]), report.problems
@@ -45,40 +45,42 @@ def test_verify_names_nonfinite_row_duplicates_and_truncation(tmp_path):
     bad = make_rows(2, seed=9)
     bad[0]["image_id"] = rows[0]["image_id"]
     other = write_store(tmp_path / "o", bad, rows_per_part=2)
-    table = pq.read_table(other / "part-00000.parquet")
-    feats = bytearray(table.column("features")[1].as_py())
-    feats[0:2] = np.array([np.nan], np.float16).tobytes()
-    col = pa.array([table.column("features")[0].as_py(), bytes(feats)], type=table.schema.field("features").type)
+    table = pq.read_table(other / "data/part-00000.parquet")
+    ftype = table.schema.field("features").type  # v2: arrow.fixed_shape_tensor<halffloat>[K, D]
+    feats = table.column("features").combine_chunks().to_numpy_ndarray().copy()
+    feats[1, 0, 0] = np.nan
+    col = pa.ExtensionArray.from_storage(ftype, pa.FixedSizeListArray.from_arrays(
+        pa.array(feats.reshape(-1)), ftype.storage_type.list_size))
     table = table.set_column(table.schema.get_field_index("features"), table.schema.field("features"), col)
-    sums = pa.array([feature_checksum(np.frombuffer(v.as_py(), np.uint8)) for v in col], type=pa.uint64())
+    sums = pa.array([feature_checksum(f.view(np.uint8)) for f in feats], type=pa.uint64())
     table = table.set_column(table.schema.get_field_index(CHECKSUM_FIELD), table.schema.field(CHECKSUM_FIELD), sums)
-    pq.write_table(table, store / "part-00001.parquet", row_group_size=8, use_dictionary=False,
+    pq.write_table(table, store / "data/part-00001.parquet", row_group_size=8, use_dictionary=False,
                    compression="none")
     mpath = store / "manifest.json"
     doc = json.loads(mpath.read_text())
-    doc["parts"][1]["sha256"] = sha256_file(store / "part-00001.parquet")
-    doc["parts"][1]["bytes"] = (store / "part-00001.parquet").stat().st_size
+    doc["parts"][1]["sha256"] = sha256_file(store / "data/part-00001.parquet")
+    doc["parts"][1]["bytes"] = (store / "data/part-00001.parquet").stat().st_size
     mpath.write_text(json.dumps(doc))
     report = verify_store(store)
-    messages = [m for f, m in report.problems if f == "part-00001.parquet"]
+    messages = [m for f, m in report.problems if f == "data/part-00001.parquet"]
     assert any("row 0: duplicate image_id 'img0000'" in m for m in messages), messages
     assert any("row 1 (image_id 'img0001'): non-finite" in m for m in messages), messages
 
-    data = (store / "part-00000.parquet").read_bytes()
-    (store / "part-00000.parquet").write_bytes(data[:-100])
+    data = (store / "data/part-00000.parquet").read_bytes()
+    (store / "data/part-00000.parquet").write_bytes(data[:-100])
     report = verify_store(store)
-    assert any(f == "part-00000.parquet" and "bytes" in m for f, m in report.problems)
-    (store / "part-00000.parquet").unlink()
+    assert any(f == "data/part-00000.parquet" and "bytes" in m for f, m in report.problems)
+    (store / "data/part-00000.parquet").unlink()
     report = verify_store(store)
-    assert ("part-00000.parquet", "missing (named in the manifest); restore it or re-extract its images") \
+    assert ("data/part-00000.parquet", "missing (named in the manifest); restore it or re-extract its images") \
         in report.problems
 
 
 def test_verify_reports_debris_as_warning(tmp_path):
     store = write_store(tmp_path / "s", make_rows(2))
-    (store / "part-00009.parquet").write_bytes(b"junk")
+    (store / "data/part-00009.parquet").write_bytes(b"junk")
     report = verify_store(store)
-    assert report.ok and report.warnings[0][0] == "part-00009.parquet"
+    assert report.ok and report.warnings[0][0] == "data/part-00009.parquet"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
