@@ -22,8 +22,11 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
-                title: str = "training") -> Path:
-    """Write a two-panel PNG from JSONL log records (``kind`` = ``train`` / ``val``)."""
+                title: str = "training", random_init: bool = False) -> Path:
+    """Write a two-panel PNG from JSONL log records (``kind`` = ``train`` / ``val``).
+
+    ``random_init``: the run trained on regions of a random-weight detector; a red banner says so.
+    """
     import io
 
     import matplotlib
@@ -62,7 +65,13 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     ax_val.set_ylabel("rsum (R@1+5+10, both directions)")
     ax_val.set_title("validation")
     fig.suptitle(title)
-    fig.tight_layout()
+    if random_init:
+        from itmflow.marks import FIGURE_BANNER, stamp_figure
+
+        fig.tight_layout(rect=(0, 0, 1, 1 - FIGURE_BANNER))
+        stamp_figure(fig)
+    else:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from itmflow.config import to_dict
 from itmflow.files import atomic_write_json
+from itmflow.marks import metadata as mark_metadata, random_init_of_manifest, warn as warn_random
 from trainers.data import MatchingData, PairCollator, EpochBatchSampler
 from itmflow.devices import resolve_device
 from trainers.training.config import TrainConfig, learning_rate
@@ -78,9 +79,12 @@ class Trainer:
         self._plotted = -math.inf
         self.run = RunDir(self.out)
         self.run.prepare(config, resume=resume)
+        #: set when the region store came from a random-weight detector (--random-init)
+        self.random_init = random_init_of_manifest(data.images.manifest)
         self.run.write_config(config, {
             "model": config.model, "inputs": self.inputs, "bert": bert, "device": str(self.device),
-            "train_captions": len(data.captions.rows_of("train"))})
+            "train_captions": len(data.captions.rows_of("train")),
+            **mark_metadata(self.random_init)})
         seed_everything(config.seed)
         if resume:
             # The saved config.json rebuilds the architecture offline (no BERT download).
@@ -141,7 +145,8 @@ class Trainer:
 
         path = self.out / "curves.png"
         self._plotted = time.perf_counter()
-        plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}")
+        plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}",
+                    random_init=bool(self.random_init))
         return path
 
     # -- validation ------------------------------------------------------------------------
@@ -234,7 +239,8 @@ class Trainer:
         summary = {"steps": p.step, "epochs_done": p.epoch, "steps_this_run": steps_run,
                    "stopped_by": stop.requested,
                    "seconds": seconds, "best_score": p.best_score, "best_step": p.best_step,
-                   "best": p.best_metrics, "skipped_captions": self.data.skipped}
+                   "best": p.best_metrics, "skipped_captions": self.data.skipped,
+                   **mark_metadata(self.random_init)}
         atomic_write_json(self.out / "summary.json", summary)
         return summary
 
@@ -310,6 +316,7 @@ def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | 
     store's own ``vocab.json``.
     """
     data = MatchingData(regions, captions, model=config.model)
+    warn_random(console, f"region store {regions}", random_init_of_manifest(data.images.manifest))
     inputs = {"regions": str(regions), "captions": str(captions),
               "region_store": {k: data.images.manifest.get(k) for k in
                                ("format", "schema_version", "storage", "feature_dim", "detector",
