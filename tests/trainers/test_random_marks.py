@@ -138,6 +138,7 @@ def test_evaluate_marks_the_report(stores, random_run, tmp_path: Path) -> None:
                                  split="test", out=tmp_path / "ev", device="cpu", progress=False),
                       console=console)
     assert "RANDOM-WEIGHT" in buf.getvalue() and str(run) in buf.getvalue()
+    assert "R@1 by chance = 1/5" in buf.getvalue()  # item 5: a 5-image split is near chance
     report = json.loads(result.paths["json"].read_text())
     assert report["random_init_regions"] is True and report["random_init_seed"] == 7
 

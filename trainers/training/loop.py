@@ -34,7 +34,7 @@ from itmflow.files import atomic_write_json
 from itmflow.marks import metadata as mark_metadata, random_init_of_manifest, warn as warn_random
 from trainers.data import MatchingData, PairCollator, EpochBatchSampler
 from itmflow.devices import resolve_device
-from trainers.training.config import TrainConfig, learning_rate
+from trainers.training.config import TrainConfig, effective_warmup, learning_rate
 from trainers.checkpoints import from_pretrained
 from trainers.training.model import build_model, check_bert, check_region_policy, make_optimizer
 from trainers.training.rng import rng_state, seed_everything, set_rng_state
@@ -96,6 +96,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype() == torch.float16)
         self.pairs = data.train_pairs("train")
         self.evalset = data.eval_set("val", max_images=config.val_images)
+        self.per_epoch = EpochBatchSampler(len(self.pairs), config.batch_size,
+                                           seed=config.seed).batches_per_epoch()
+        self.total = config.epochs * self.per_epoch
+        if config.max_steps is not None:
+            self.total = min(self.total, config.max_steps)
+        #: the warm-up length used (capped when the configured one is longer than the run)
+        self.warmup, self._warmup_note = effective_warmup(config, self.total)
         if resume:
             self._load_state()
 
@@ -112,8 +119,9 @@ class Trainer:
         p = self.progress
         state = None
         if with_state:
-            state = {"optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(),
+            state = {**({"optimizer": self.optimizer.state_dict()}
+                        if self.config.save_optimizer_state else {}),
+                     "scaler": self.scaler.state_dict(), "warmup_iters": self.warmup,
                      "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch, "step": p.step,
                      "best_score": p.best_score, "best_step": p.best_step,
                      "best_metrics": json.dumps(p.best_metrics), "rng": rng_state()}
@@ -123,7 +131,13 @@ class Trainer:
 
     def _load_state(self) -> None:
         state = self.run.load_state()
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            self._say("[yellow]last/ holds no optimiser state (--no-save-optimizer-state): Adam's "
+                      "moments restart from zero, so this resume is not exact[/]")
+        if "warmup_iters" in state:  # the warm-up the run started with (maybe capped)
+            self.warmup, self._warmup_note = int(state["warmup_iters"]), None
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
                                  step=state["step"], best_score=state["best_score"],
@@ -134,6 +148,27 @@ class Trainer:
             self.history = self.run.trim_log(self.progress.step)
 
     # -- logging ---------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        """A line for the person running (stderr)."""
+        from rich.console import Console
+
+        (self.console or Console(stderr=True)).print(text, highlight=False, soft_wrap=True)
+
+    def startup_line(self) -> str:
+        """Model, parameters, data sizes, device, learning rate and length of this run."""
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        n_images = len({self.pairs.captions.image_ids[r] for r in self.pairs.rows})
+        train_txt = f"{len(self.pairs)} captions of {n_images} images"
+        first = learning_rate(cfg, 0, 0, self.warmup)
+        lr_txt = f"lr {cfg.lr:g}" + (f" (warm-up {self.warmup} it: first step {first:.3g})"
+                                     if self.warmup > 0 else " (no warm-up)")
+        return (f"{cfg.model}: {params / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
+                f"train {train_txt}, val {len(self.evalset.image_ids)} images; device "
+                f"{self.device}; {lr_txt}; {self.total} steps ({self.per_epoch} per epoch), batch "
+                f"{cfg.batch_size}")
 
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -146,6 +181,7 @@ class Trainer:
         path = self.out / "curves.png"
         self._plotted = time.perf_counter()
         plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}",
+                    val_every=self.config.val_every,
                     random_init=bool(self.random_init))
         return path
 
@@ -165,7 +201,7 @@ class Trainer:
             p.best_score, p.best_step, p.best_metrics = score, p.step, record
         record["best"] = improved
         self._log(record)
-        if improved:
+        if improved and self.config.keep != "last":
             self._save("best", with_state=False, metrics=record)
         self.model.train()
         return record
@@ -186,16 +222,22 @@ class Trainer:
         """One optimiser step at the scheduled LR; returns the loss."""
         p = self.progress
         return optimisation_step(self.model, self.optimizer, self.scaler, images, captions,
-                                 self.config, lr=learning_rate(self.config, p.epoch, p.step),
+                                 self.config, lr=learning_rate(self.config, p.epoch, p.step,
+                                                               self.warmup),
                                  device=self.device, amp_dtype=self._amp_dtype(), step=p.step)
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``); returns a summary (best score, steps, seconds)."""
         cfg, p = self.config, self.progress
-        per_epoch = EpochBatchSampler(len(self.pairs), cfg.batch_size, seed=cfg.seed).batches_per_epoch()
-        total = cfg.epochs * per_epoch
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
+        per_epoch, total = self.per_epoch, self.total
+        self._say(self.startup_line())
+        if self._warmup_note:
+            self._say(f"[yellow]warning: {self._warmup_note}[/]")
+        from trainers.evaluation.recall import small_split_note
+
+        note = small_split_note(len(self.evalset.image_ids), what="validation")
+        if note:
+            self._say(f"[yellow]note: {note}[/]")
         self.model.train()
         started = time.perf_counter()
         steps_run = 0
@@ -214,7 +256,8 @@ class Trainer:
                     bar.advance(loss, its)
                     if p.step % cfg.log_every == 0 or p.step == 1:
                         self._log({"kind": "train", "step": p.step, "epoch": p.epoch,
-                                   "loss": loss, "lr": learning_rate(cfg, p.epoch, p.step - 1),
+                                   "loss": loss,
+                                   "lr": learning_rate(cfg, p.epoch, p.step - 1, self.warmup),
                                    "it_s": its})
                     if cfg.val_every and p.step % cfg.val_every == 0 and p.batch_in_epoch < per_epoch:
                         self.validate()
@@ -233,6 +276,9 @@ class Trainer:
                 if time.perf_counter() - self._plotted > PLOT_EVERY_S:
                     self.plot()
         self.plot()
+        if cfg.keep == "best" and (self.out / "best" / "config.json").is_file() \
+                and not stop.requested:
+            shutil.rmtree(self.out / "last")  # --keep best: the finished run keeps best/ only
         seconds = time.perf_counter() - started
         if stop.requested:
             self._log({"kind": "stop", "step": p.step, "epoch": p.epoch, "signal": stop.requested})
