@@ -88,7 +88,7 @@ def warning_line(what: str, mark: dict[str, Any]) -> str:
     """The one stderr line: ``what`` (e.g. ``region store coco-regions``) came from random weights."""
     seed = mark.get("seed")
     seed_txt = f" (seed {seed})" if seed is not None else ""
-    return (f"WARNING: {what} was made with a RANDOM-WEIGHT detector{seed_txt} (--random-init): "
+    return (f"WARNING: {what} came from a RANDOM-WEIGHT detector{seed_txt} (--random-init): "
             "its features and everything made from them are meaningless")
 
 

@@ -104,7 +104,7 @@ def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult
     store_mark = store_random_init(config.regions)
     warn(console, f"region store {config.regions}", store_mark)
     run_mark = run_random_init(source) if Path(source).is_dir() else None
-    warn(console, f"the region store {run} was trained on", run_mark)
+    warn(console, f"the regions run {run} was trained on", run_mark)
     marks = metadata(store_mark or run_mark)
     if not spec_of(model).global_vectors:
         with_vectors = " or ".join(s.name.upper() for s in MODELS.values() if s.global_vectors)

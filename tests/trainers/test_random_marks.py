@@ -174,6 +174,11 @@ def test_embed_from_random_run_and_search_are_marked(stores, random_run, tmp_pat
     res = search(SearchConfig(directory=tmp_path / "emb", image=first_id, top=3,
                               png=tmp_path / "i.png"))
     assert banner_is_red(tmp_path / "i.png")
+    # the command: the warning goes to stderr, the table to stdout
+    cli = CliRunner().invoke(app, ["search", str(tmp_path / "emb"), "--image", first_id,
+                                   "--png", str(tmp_path / "c.png")])
+    assert cli.exit_code == 0, cli.output
+    assert "RANDOM-WEIGHT" in cli.stderr and "RANDOM-WEIGHT" not in cli.stdout
 
 
 @pytest.mark.slow

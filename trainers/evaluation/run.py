@@ -147,6 +147,11 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
                         caption_ids=[data.captions.caption_ids[r] for r in evalset.caption_rows],
                         raw_captions=[data.captions.raw[r] or "" for r in evalset.caption_rows],
                         sources=sources)
+    from trainers.evaluation.recall import small_split_note
+
+    note = small_split_note(n_img, what=f"split {config.split!r}")
+    if note:
+        console.print(f"[yellow]note: {note}[/yellow]", highlight=False, soft_wrap=True)
     if data.skipped.get(config.split):
         console.print(f"[yellow]{data.skipped[config.split]} caption(s) of split "
                       f"{config.split!r} have no image in the region store and are left out[/yellow]")
@@ -207,7 +212,7 @@ def random_marks(config: EvalConfig, console: Any) -> dict[str, Any]:
     for src in ([config.run] if config.run is not None else []) + list(config.checkpoints):
         if Path(str(src)).exists():
             mark = run_random_init(src)
-            warn(console, f"the region store {src} was trained on", mark)
+            warn(console, f"the regions run {src} was trained on", mark)
             found = found or mark
     return metadata(found)
 
