@@ -44,12 +44,19 @@ def draw_regions(rgb: np.ndarray, region: dict[str, Any], label: Callable[[int, 
 
 
 def save_regions_png(rgb: np.ndarray, region: dict[str, Any], path: str | Path,
-                     label: Callable[[int, int], str], max_labels: int | None = None) -> Path:
-    """Write :func:`draw_regions`'s picture to ``path`` as PNG (atomically)."""
+                     label: Callable[[int, int], str], max_labels: int | None = None, *,
+                     random_init: bool = False) -> Path:
+    """Write :func:`draw_regions`'s picture to ``path`` as PNG (atomically); ``random_init`` (a
+    detector with random weights) adds the red banner of :func:`itmflow.marks.stamp_image`."""
     import io
 
+    image = draw_regions(rgb, region, label, max_labels)
+    if random_init:
+        from itmflow.marks import stamp_image
+
+        image = stamp_image(image)
     buf = io.BytesIO()
-    draw_regions(rgb, region, label, max_labels).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buf.getvalue())

@@ -117,7 +117,8 @@ def detect(config: DetectConfig) -> DetectResult:
             np.savez(buf, **{k: np.asarray(v) for k, v in region.items()})
             atomic_write_bytes(out / f"{path.stem}.npz", buf.getvalue())
         if visualize is not None:
-            save_regions_png(rgb, region, visualize / f"{path.stem}.png", detector.label)
+            save_regions_png(rgb, region, visualize / f"{path.stem}.png", detector.label,
+                             random_init=config.random_init)
     return result
 
 

@@ -21,11 +21,35 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+#: With at most this many logged points every point is drawn as a marker too.
+MARKERS_UP_TO = 60
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
-                title: str = "training") -> Path:
-    """Write a two-panel PNG from JSONL log records (``kind`` = ``train`` / ``val``)."""
+                title: str = "training", random_init: bool = False,
+                val_every: int | None = None) -> Path:
+    """Write a two-panel PNG from JSONL log records (``kind`` = ``train`` / ``val``).
+
+    ``random_init``: the run trained on regions of a random-weight detector; a red banner says so.
+    """
     import io
 
+    fig = curves_figure(history, title=title, random_init=random_init, val_every=val_every)
+    import matplotlib.pyplot as plt  # after curves_figure chose the Agg backend
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    out = Path(path)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "training",
+                  random_init: bool = False, val_every: int | None = None) -> Any:
+    """The matplotlib figure of :func:`plot_curves`: every logged loss point (with markers when
+    there are few, so a short run does not look like an empty plot), the validation scores, or
+    "no validation yet" when there are none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,10 +61,16 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
     if train:
         steps = [r["step"] for r in train]
         losses = [float(r["loss"]) for r in train]
-        ax_loss.plot(steps, losses, color="0.75", linewidth=0.8, label="loss")
-        ax_loss.plot(steps, _smooth(losses, max(1, len(losses) // 20)), color="C0",
-                     label="moving average")
+        few = len(losses) <= MARKERS_UP_TO
+        ax_loss.plot(steps, losses, color="0.45" if few else "0.75", linewidth=0.8,
+                     marker="o" if few else None, markersize=4, label="loss (every logged step)")
+        if len(losses) >= 5:
+            ax_loss.plot(steps, _smooth(losses, max(1, len(losses) // 20)), color="C0",
+                         label="moving average")
         ax_loss.legend(loc="upper right")
+    else:
+        ax_loss.text(0.5, 0.5, "no training step logged yet", ha="center", va="center",
+                     transform=ax_loss.transAxes, color="0.4")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("hinge loss (sum over batch)")
     ax_loss.set_title("training loss")
@@ -58,14 +88,22 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
         lines = ax_val.get_legend_handles_labels()
         more = ax_r1.get_legend_handles_labels()
         ax_val.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right")
+    else:
+        when = (f"(every {val_every} iterations and at epoch ends)" if val_every
+                else "(at epoch ends)")
+        ax_val.text(0.5, 0.5, f"no validation yet\n{when}", ha="center", va="center",
+                    transform=ax_val.transAxes, color="0.4", fontsize=12)
+        ax_val.set_xticks([])
+        ax_val.set_yticks([])
     ax_val.set_xlabel("iteration")
     ax_val.set_ylabel("rsum (R@1+5+10, both directions)")
     ax_val.set_title("validation")
     fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    out = Path(path)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
+    if random_init:
+        from itmflow.marks import FIGURE_BANNER, stamp_figure
+
+        fig.tight_layout(rect=(0, 0, 1, 1 - FIGURE_BANNER))
+        stamp_figure(fig)
+    else:
+        fig.tight_layout()
+    return fig

@@ -54,6 +54,10 @@ def detections_png(store: Path, images_root: Path, out: Path, *, count: int = 4,
     for i, tile in enumerate(tiles):
         grid.paste(tile, ((i % cols) * 480 + (480 - tile.width) // 2,
                           (i // cols) * 480 + (480 - tile.height) // 2))
+    from itmflow.marks import stamp_image, store_random_init
+
+    if store_random_init(store):
+        grid = stamp_image(grid)  # random detector weights: say so on the picture
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out, format="PNG")
     return out

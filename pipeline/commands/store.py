@@ -69,6 +69,7 @@ def store_summary(path: Path) -> dict:
             "regions": m.get("num_regions", 0), "feature_dim": m["feature_dim"], "feature_dtype": m["feature_dtype"],
             "region_policy": m["region_policy"], "detector": det.get("name"),
             "weights_file": det.get("weights_file"), "weights_sha256": det.get("weights_sha256"),
+            **_random_init(m),
             "absent_fields": m.get("absent_fields", []), "parts": len(m["parts"]),
             "bytes": sum(int(p["bytes"]) for p in m["parts"]), "failures": n_fail,
             "schema_version": m["schema_version"], **_what_users_ask(path, m), **_worker_shapes(m["parts"])}
@@ -150,6 +151,13 @@ def _split_counts(path: Path, extract: dict):
         return f"unknown ({type(exc).__name__}: {exc})"
 
 
+def _random_init(manifest: dict) -> dict:
+    from itmflow.marks import random_init_of_manifest
+
+    mark = random_init_of_manifest(manifest)
+    return {"random_init": True, "seed": mark["seed"]} if mark else {"random_init": False}
+
+
 def _worker_shapes(parts: list[dict]) -> dict:
     """Which worker shapes (device, threads, host) wrote the parts, with a part count each; parts
     written before ``extract`` recorded it (or by ``store import``) are counted apart."""
@@ -197,8 +205,10 @@ def inspect_cmd(
             continue
         if key == "bytes" and value is not None:
             value = f"{_human(value)} ({value} B)"
-        elif isinstance(value, (dict, list)):
+        elif isinstance(value, (dict, list, bool)):
             value = json.dumps(value, sort_keys=True)
+        if key == "random_init" and value == "true":
+            value = "[bold red]true[/] (features from a RANDOM-WEIGHT detector: meaningless)"
         table.add_row(key, "" if value is None else str(value))
     Console().print(table)
     _write_json(out, summary)

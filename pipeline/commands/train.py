@@ -77,6 +77,13 @@ def train_command(
     vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN word-vocabulary JSON for SGRAF "
                                          "(sets the vocabulary size; copied into the run)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Log the training loss "
+                                            "every N iterations (preset 10)."),
+    save_optimizer_state: Optional[bool] = typer.Option(
+        None, "--save-optimizer-state/--no-save-optimizer-state", help="Keep Adam's moments in "
+        "last/ (2x the weights; needed for an exact --resume). Default: save."),
+    keep: Optional[str] = typer.Option(None, "--keep", help="Checkpoints kept: best, last or "
+                                       "both (default both)."),
 ) -> None:
     """Train TERN, TERAN or SGRAF with the paper's preset on our stores."""
     from rich.console import Console
@@ -89,7 +96,8 @@ def train_command(
     options: dict[str, Any] = {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "max_steps": max_steps,
         "batch_size": batch_size, "lr": lr, "val_every": val_every, "seed": seed,
-        "device": device, "workers": loader_workers, "progress": progress}
+        "device": device, "workers": loader_workers, "progress": progress, "log_every": log_every,
+        "save_optimizer_state": save_optimizer_state, "keep": keep}
     overrides = _overrides(config, options)
     if vocab is not None:
         from pipeline.text.vocab import WordVocab

@@ -358,6 +358,11 @@ def _note_failures(cfg: ExtractConfig, out: Path, collection: Any, plan: Plan,
     _, retried = _failed_to_skip(out, images, collection.images_root)
     summary.retried_missing = 0 if cfg.retry_failed else retried
     summary.skipped_failed = 0 if cfg.retry_failed else plan.failed_before
+    from pipeline.extract.progress import resume_line
+
+    line = resume_line(plan, retry_failed=cfg.retry_failed)
+    if line:
+        console.print(line, highlight=False)
     if summary.retried_missing:
         console.print(f"[yellow]{summary.retried_missing} image(s) whose file was missing in an earlier "
                       "run exist now and are tried again[/]")
@@ -374,7 +379,7 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
     import ray
 
     from pipeline.extract.decode import Failure
-    from pipeline.extract.progress import LOG_EVERY_S, make_progress, progress_line
+    from pipeline.extract.progress import LOG_EVERY_S, advance, make_progress, progress_line
     from pipeline.extract.worker import BatchResult
 
     window = max(1, workers.shape.count * cfg.in_flight)
@@ -401,7 +406,7 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
         workers.load[slot] += 1
 
     with make_progress(console) as progress:
-        task = progress.add_task("extract", total=plan.todo, failed=0)
+        task = progress.add_task("extract", total=plan.todo, failed=0, processed=0)
         while todo or in_flight:
             while todo and len(in_flight) + len(ready) < window:
                 submit(todo.popleft(), 1)
@@ -451,8 +456,8 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                     first_result, steady_start_count = now, summary.processed + summary.failed
                 summary.steady_seconds = now - first_result
                 summary.steady_count = summary.processed + summary.failed - steady_start_count
-                progress.update(task, advance=added + len(result.failures),
-                                failed=summary.failed)
+                advance(progress, task, processed=added, failed=len(result.failures),
+                        total_processed=summary.processed, total_failed=summary.failed)
                 if not console.is_terminal and now - last_line >= LOG_EVERY_S:
                     # no live bar in logs / CI: a plain line now and then instead
                     last_line = now

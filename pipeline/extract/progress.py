@@ -6,25 +6,71 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
-                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+                           TextColumn, TimeElapsedColumn)
 from rich.table import Table
 from rich.text import Text
 
 
+def processed_rate(task: Task) -> float | None:
+    """Images per second that produced store rows in this run (``processed`` field / elapsed):
+    images already in the store, and failures (a missing file fails in microseconds), do not
+    count, so the rate and the ETA are those of real detector work."""
+    elapsed = task.elapsed or 0.0
+    processed = task.fields.get("processed", 0)
+    if elapsed <= 0 or not processed:
+        return None
+    return processed / elapsed
+
+
 class RateColumn(ProgressColumn):
-    """Images per second, from rich's speed estimate."""
+    """Processed images per second (:func:`processed_rate`)."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = processed_rate(task)
         return Text("-- img/s" if speed is None else f"{speed:.2f} img/s", style="progress.data.speed")
 
 
+class EtaColumn(ProgressColumn):
+    """Time left for the images not yet attempted, at the processed rate."""
+
+    def render(self, task: Task) -> Text:
+        speed = processed_rate(task)
+        left = max(0.0, (task.total or 0) - task.completed)
+        if speed is None:
+            return Text("-:--:--", style="progress.remaining")
+        secs = int(left / speed)
+        return Text(f"{secs // 3600}:{secs % 3600 // 60:02d}:{secs % 60:02d}", style="progress.remaining")
+
+
 def make_progress(console: Console) -> Progress:
-    """The extraction progress bar: done/total, images/s, elapsed, ETA."""
+    """The extraction progress bar: done/total, processed images/s, elapsed, ETA."""
     return Progress(TextColumn("[bold]extract[/]"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    TextColumn("{task.fields[failed]} failed"), console=console,
-                    speed_estimate_period=60.0)
+                    TimeElapsedColumn(), TextColumn("ETA"), EtaColumn(),
+                    TextColumn("{task.fields[failed]} failed"), console=console)
+
+
+def advance(progress: Progress, task_id: Any, *, processed: int, failed: int,
+            total_processed: int, total_failed: int) -> None:
+    """Count ``processed + failed`` more images, never past the task's total (a count the plan did
+    not foresee — a batch answered twice, a refused row — must not show 9/8)."""
+    task = progress.tasks[[t.id for t in progress.tasks].index(task_id)]
+    room = max(0.0, (task.total or 0) - task.completed)
+    progress.update(task_id, advance=min(processed + failed, room), failed=total_failed,
+                    processed=total_processed)
+
+
+def resume_line(plan: Any, *, retry_failed: bool) -> str | None:
+    """What a resumed run resumes, in one line (None for a fresh store): how many selected images
+    are in the store already, and how many failed earlier (skipped unless ``--retry-failed``)."""
+    if not plan.committed and not plan.failed_before:
+        return None
+    line = f"resuming: {plan.committed} of {plan.selected} already in the store"
+    if plan.failed_before:
+        if retry_failed:
+            line += f", {plan.failed_before} failed earlier and are tried again (--retry-failed)"
+        else:
+            line += f", {plan.failed_before} failed earlier; --retry-failed to try them again"
+    return line
 
 
 #: Seconds between plain progress lines when the console is not a terminal.
@@ -33,10 +79,9 @@ LOG_EVERY_S = 30.0
 
 def progress_line(task: Task) -> str:
     """One line for logs: done/total, rate, ETA."""
-    elapsed = task.elapsed or 0.0
-    speed = task.speed or (task.completed / elapsed if elapsed > 0 else 0.0)
+    speed = processed_rate(task) or 0.0
     total = task.total or 0
-    eta = (total - task.completed) / speed if speed > 0 else float("nan")
+    eta = max(0.0, total - task.completed) / speed if speed > 0 else float("nan")
     return (f"extract: {int(task.completed)}/{int(total)} images, {speed:.2f} img/s, "
             f"ETA {eta / 60:.1f} min, {task.fields.get('failed', 0)} failed")
 

@@ -99,6 +99,13 @@ def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult
     run = Path(config.model)
     source = run_model_dir(run) if run.is_dir() else run
     model = load_model(source, device=dev)
+    from itmflow.marks import metadata, run_random_init, store_random_init, warn
+
+    store_mark = store_random_init(config.regions)
+    warn(console, f"region store {config.regions}", store_mark)
+    run_mark = run_random_init(source) if Path(source).is_dir() else None
+    warn(console, f"the regions run {run} was trained on", run_mark)
+    marks = metadata(store_mark or run_mark)
     if not spec_of(model).global_vectors:
         with_vectors = " or ".join(s.name.upper() for s in MODELS.values() if s.global_vectors)
         raise ConfigError(f"{source}: a {model.kind} model has no global vectors; "
@@ -150,7 +157,7 @@ def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult
         "regions": _rel(config.regions, out),
         "captions": _rel(config.captions, out) if config.captions else None,
         "images_root": _rel(root, out) if root is not None else None,
-        "metric": "inner product of l2-normalised vectors (cosine)", "sides": sides})
+        "metric": "inner product of l2-normalised vectors (cosine)", "sides": sides, **marks})
     return EmbedResult(out=out, sides=sides)
 
 

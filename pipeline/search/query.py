@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class SearchResult:
     """``images`` (hits carry ``file``) or ``captions`` (hits carry ``text``)."""
     hits: list[Hit]
     png: Path
+    random_init_regions: bool = False
+    """The embeddings came (directly or through a trained model) from a random-weight detector."""
 
 
 def _slug(text: str) -> str:
@@ -134,14 +136,21 @@ def encode_text(emb: EmbeddingDir, text: str, model_path: PathLike | None = None
     return TextEncoder(emb, model_path, tokenizer, device)(text)
 
 
-def search(config: SearchConfig) -> SearchResult:
-    """Run the query, rank the target side by cosine, and write the PNG of the results."""
+def search(config: SearchConfig, *, console: Any = None) -> SearchResult:
+    """Run the query, rank the target side by cosine, and write the PNG of the results.
+
+    Embeddings marked ``random_init_regions`` print a warning on stderr (``console``) and their
+    PNG carries the red "random weights" banner.
+    """
+    from itmflow.marks import record_random_init, warn
     from pipeline.search.embeddings import EmbeddingDir
     from pipeline.search.render import captions_panel, image_grid
 
     config.validate()
     directory = Path(config.directory)
     emb = EmbeddingDir.open(directory)
+    mark = record_random_init(emb.manifest)
+    warn(console, f"the embeddings in {directory}", mark)
     recorded = emb.manifest.get("images_root")
     root = config.images if config.images is not None else ((directory / recorded) if recorded else None)
     query_file: str | None = None
@@ -172,10 +181,11 @@ def search(config: SearchConfig) -> SearchResult:
     query = config.text if config.text is not None else config.image or ""
     png = Path(config.png) if config.png is not None else directory / f"search-{_slug(query)}.png"
     if target == "images":
-        image_grid(hits, root, png, title=title)
+        image_grid(hits, root, png, title=title, random_init=bool(mark))
     else:
-        captions_panel(query_file, config.image or "", hits, root, png)
-    return SearchResult(title=title, target=target, hits=hits, png=png)
+        captions_panel(query_file, config.image or "", hits, root, png, random_init=bool(mark))
+    return SearchResult(title=title, target=target, hits=hits, png=png,
+                        random_init_regions=bool(mark))
 
 
 __all__ = ["SearchConfig", "SearchResult", "TextEncoder", "encode_text", "search"]

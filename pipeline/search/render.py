@@ -76,7 +76,7 @@ def load_tile(root: str | os.PathLike[str] | None, file: str | None, size: int =
 
 
 def image_grid(hits: list[Hit], root: str | os.PathLike[str] | None, out: str | os.PathLike[str],
-               *, title: str, columns: int = 5) -> Path:
+               *, title: str, columns: int = 5, random_init: bool = False) -> Path:
     """Write a grid of the retrieved images, each labelled ``#rank score id``."""
     from PIL import Image, ImageDraw
 
@@ -94,11 +94,12 @@ def image_grid(hits: list[Hit], root: str | os.PathLike[str] | None, out: str | 
         canvas.paste(load_tile(root, hit.file), (x, y))
         draw.text((x, y + TILE + 2), f"#{hit.rank}  {hit.score:.4f}", fill="black", font=_font(14))
         draw.text((x, y + TILE + 20), hit.item_id[:32], fill=(60, 60, 60), font=_font(12))
-    return _save(canvas, out)
+    return _save(canvas, out, random_init=random_init)
 
 
 def captions_panel(query_file: str | None, query_id: str, hits: list[Hit],
-                   root: str | os.PathLike[str] | None, out: str | os.PathLike[str]) -> Path:
+                   root: str | os.PathLike[str] | None, out: str | os.PathLike[str], *,
+                   random_init: bool = False) -> Path:
     """Write the query image on the left and the retrieved captions with scores on the right."""
     from PIL import Image, ImageDraw
 
@@ -122,10 +123,15 @@ def captions_panel(query_file: str | None, query_id: str, hits: list[Hit],
             y += 18
         draw.text((x + 10, y), text, fill="black", font=_font(14))
         y += 20
-    return _save(canvas, out)
+    return _save(canvas, out, random_init=random_init)
 
 
-def _save(canvas, out: str | os.PathLike[str]) -> Path:
+def _save(canvas, out: str | os.PathLike[str], *, random_init: bool = False) -> Path:
+    """Write the PNG; ``random_init`` adds the red "random weights" banner (itmflow.marks)."""
+    if random_init:
+        from itmflow.marks import stamp_image
+
+        canvas = stamp_image(canvas)
     p = Path(out)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(p) as tmp:

@@ -76,8 +76,12 @@ def _regions(rng: np.random.Generator, concept: tuple[int, int, int, int], obj_v
 
 
 def write_synthetic_stores(root: Path, bert_dir: Path, *, splits: dict[str, int] | None = None,
-                           feature_dim: int = 64, seed: int = 0) -> SyntheticStores:
-    """Write a region store and a caption store under ``root``; returns their paths."""
+                           feature_dim: int = 64, seed: int = 0,
+                           random_init_seed: int | None = None) -> SyntheticStores:
+    """Write a region store and a caption store under ``root``; returns their paths.
+
+    ``random_init_seed``: record in the region manifest that a random-weight detector (this seed)
+    made the regions, as ``itmflow extract --random-init`` does."""
     from pipeline.collections import CaptionRecord, ImageRecord, read_collection, write_collection
     from pipeline.text.bert import load_bert_tokenizer
     from pipeline.text.tokenize import tokenize_collection, vocab_captions
@@ -97,7 +101,9 @@ def write_synthetic_stores(root: Path, bert_dir: Path, *, splits: dict[str, int]
         for i, concept in enumerate(_concepts(rng, n)):
             image_rows.append((f"{split}-{i:04d}", split, concept))
 
-    detector = {"name": "synthetic", "weights_file": None, "weights_sha256": None}
+    detector: dict = {"name": "synthetic", "weights_file": None, "weights_sha256": None}
+    if random_init_seed is not None:
+        detector["settings"] = {"random_init": True, "seed": random_init_seed}
     with RegionStoreWriter(regions, storage="parquet", feature_dim=feature_dim,
                            feature_dtype="float32", region_policy={"kind": "fixed", "k": K},
                            detector=detector, rows_per_part=256) as writer:

@@ -61,8 +61,17 @@ def test_bad_files_are_recorded_and_reruns_only_do_new_images(tmp_path, photo_di
     # two images added to the collection: only they are processed
     copy_photos(photo_dir, root, ["rocket.jpg", "camera.png"])
     coll = make_collection(tmp_path / "c.parquet", root, files + ["rocket.jpg", "camera.png"])
-    more = run_extract(_cfg(coll, out, batch_size=4, part_size=4))
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    more = run_extract(_cfg(coll, out, batch_size=4, part_size=4),
+                       console=Console(file=buf, width=300))
     assert (more.processed, more.failed, more.already_done) == (2, 0, len(files))
+    # the resumed run says what it resumes (issue #12 item 5)
+    assert (f"resuming: 2 of {len(files) + 2} already in the store, {len(expected)} failed "
+            "earlier; --retry-failed to try them again") in buf.getvalue()
     assert [r[0] for r in store_contents(out)] == ["astronaut", "coffee", "rocket", "camera"]
 
 

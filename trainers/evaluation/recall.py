@@ -33,6 +33,8 @@ from itmflow.errors import ConfigError
 RECALL_KS = (1, 5, 10)
 CAPTIONS_PER_IMAGE = 5
 """Captions per image in every evaluation (COCO and Flickr30k): caption ``c`` ↔ image ``c // 5``."""
+#: Below this many images an evaluation's recall is mostly chance (see :func:`small_split_note`).
+SMALL_SPLIT_IMAGES = 100
 # Rows sorted per chunk: 256 rows × 25,000 captions × int64 ≈ 51 MB of indices at a time.
 _ROW_CHUNK = 256
 
@@ -204,3 +206,17 @@ def evaluate_folds(sims: np.ndarray, n_folds: int = 5, cpi: int = CAPTIONS_PER_I
 def evaluate_protocol(sims: np.ndarray, n_folds: int = 1, cpi: int = CAPTIONS_PER_IMAGE) -> RankResult:
     """``n_folds == 1``: one pool (5K / Flickr30k 1K); otherwise the averaged fold protocol."""
     return evaluate_sims(sims, cpi) if n_folds == 1 else evaluate_folds(sims, n_folds, cpi)
+
+
+def small_split_note(n_images: int, *, what: str = "evaluation") -> str | None:
+    """A note when a split is so small that its recall is near chance (None otherwise).
+
+    With N images a random ranking puts the right image first for 1 query in N (t2i R@1 = 1/N),
+    and R@10 of a random ranking is 10/N: with 5 images every R@5 is 100 %.
+    """
+    if n_images <= 0 or n_images >= SMALL_SPLIT_IMAGES:
+        return None
+    chance = 100.0 / n_images
+    return (f"{what} on {n_images} images only: R@1 by chance = 1/{n_images} = {chance:.1f} %, "
+            f"R@10 by chance = {min(100.0, 10 * chance):.0f} %; these recalls say little "
+            f"(use ≥ {SMALL_SPLIT_IMAGES} images to compare models)")

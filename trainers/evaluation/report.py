@@ -52,6 +52,9 @@ class EvalReport:
     pool: RankResult | None = None
     """With folds: the same matrix as one pool of all images (COCO 1K folds → COCO 5K for free)."""
     pool_ndcg: dict[str, NdcgResult] = field(default_factory=dict)
+    marks: dict[str, Any] = field(default_factory=dict)
+    """``random_init_regions`` / ``random_init_seed`` when the regions (or the model's training
+    regions) came from a random-weight detector (:mod:`itmflow.marks`)."""
 
     @property
     def protocol(self) -> str:
@@ -74,6 +77,7 @@ class EvalReport:
             **({"all_images": {"recall": self.pool.metrics.to_dict(),
                                "ndcg": {m: r.to_dict() for m, r in self.pool_ndcg.items()}}}
                if self.pool is not None else {}),
+            **self.marks,
             "provenance": provenance(),
         }
 

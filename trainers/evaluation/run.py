@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -131,6 +131,7 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
         sources.append(str(ck))
     sources += [str(s) for s in config.sims]
     timings["load"] = time.perf_counter() - t0
+    marks = random_marks(config, console)
 
     # -- data ----------------------------------------------------------------------------
     specs = [spec_of(m) for m in models]
@@ -146,6 +147,11 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
                         caption_ids=[data.captions.caption_ids[r] for r in evalset.caption_rows],
                         raw_captions=[data.captions.raw[r] or "" for r in evalset.caption_rows],
                         sources=sources)
+    from trainers.evaluation.recall import small_split_note
+
+    note = small_split_note(n_img, what=f"split {config.split!r}")
+    if note:
+        console.print(f"[yellow]note: {note}[/yellow]", highlight=False, soft_wrap=True)
     if data.skipped.get(config.split):
         console.print(f"[yellow]{data.skipped[config.split]} caption(s) of split "
                       f"{config.split!r} have no image in the region store and are left out[/yellow]")
@@ -190,8 +196,25 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     timings["ndcg"] = time.perf_counter() - t0
     report = EvalReport(inputs=inputs, folds=config.folds, ranks=ranks, ndcg=ndcg,
                         ndcg_i2t_exclude_zeros=config.ndcg_i2t_nonzero, relevance_files=files,
-                        seconds=timings, pool=pool, pool_ndcg=pool_ndcg)
+                        seconds=timings, pool=pool, pool_ndcg=pool_ndcg, marks=marks)
     return EvalResult(report=report, paths=report.write(out_dir))
 
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate"]
+def random_marks(config: EvalConfig, console: Any) -> dict[str, Any]:
+    """Warn (stderr) and return the metadata keys when the region store, or the store a run /
+    checkpoint directory was trained on, came from a random-weight detector."""
+    from itmflow.marks import metadata, run_random_init, store_random_init, warn
+
+    found = None
+    mark = store_random_init(config.regions)
+    warn(console, f"region store {config.regions}", mark)
+    found = found or mark
+    for src in ([config.run] if config.run is not None else []) + list(config.checkpoints):
+        if Path(str(src)).exists():
+            mark = run_random_init(src)
+            warn(console, f"the regions run {src} was trained on", mark)
+            found = found or mark
+    return metadata(found)
+
+
+__all__ = ["EvalConfig", "EvalResult", "evaluate", "random_marks"]

@@ -23,7 +23,11 @@ DATASETS = ("coco", "f30k")
 
 # Fields a resumed run may change without invalidating what was already trained.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "val_every", "device", "workers",
-                               "log_every", "progress", "val_images"})
+                               "log_every", "progress", "val_images", "save_optimizer_state",
+                               "keep"})
+
+#: A warm-up longer than the run is capped to this fraction of the run's steps.
+WARMUP_CAP_FRACTION = 0.1
 
 
 @dataclass
@@ -69,6 +73,12 @@ class TrainConfig:
     progress: bool = True
     """Show a rich progress bar."""
     eval_batch_size: int = 128
+    save_optimizer_state: bool = True
+    """Save the Adam moments in ``last/training_state.pt`` (twice the weights' size; needed for an
+    exact ``--resume``). Without them a resumed run restarts Adam's moments from zero."""
+    keep: Literal["best", "last", "both"] = "both"
+    """Checkpoints left in the run directory: ``best`` removes ``last/`` when the run ends (it is
+    still written during the run, for crash safety), ``last`` never writes ``best/``."""
     model_config: dict[str, Any] = field(default_factory=dict)
     """Overrides for the model's own config dataclass (dimensions, layers, BERT path, ...)."""
 
@@ -124,17 +134,37 @@ def validate(config: TrainConfig, *, where: str = "config") -> None:
         raise ConfigError(f"{where}.val_images: must be positive or null, got {config.val_images}")
 
 
-def learning_rate(config: TrainConfig, epoch: int, iteration: int) -> float:
+def effective_warmup(config: TrainConfig, total_steps: int) -> tuple[int, str | None]:
+    """The warm-up length a run of ``total_steps`` uses, and a warning when it differs.
+
+    A warm-up longer than the whole run would never reach the base LR (the paper presets warm up
+    for 1,000 iterations; a 20-step trial would train at 2 % of its LR and look broken): it is
+    capped to :data:`WARMUP_CAP_FRACTION` of the run.
+    """
+    w = config.warmup_iters
+    if w <= 0 or w <= total_steps:
+        return w, None
+    capped = int(total_steps * WARMUP_CAP_FRACTION)
+    what = (f"capped to {capped} iterations ({WARMUP_CAP_FRACTION:.0%} of the run)" if capped
+            else f"dropped ({WARMUP_CAP_FRACTION:.0%} of the run is under one iteration)")
+    return capped, (f"warm-up of {w} iterations is longer than the run ({total_steps} steps): "
+                    f"{what}, so the learning rate reaches its base value")
+
+
+def learning_rate(config: TrainConfig, epoch: int, iteration: int,
+                  warmup: int | None = None) -> float:
     """LR used by global training iteration ``iteration`` (0-based) during ``epoch`` (0-based).
 
     ``base · γ^(epoch // step) · min(1, (t + 2) / warmup)`` — spec §2.2: the authors call
     ``StepLR.step(epoch)`` then ``LinearWarmup.dampen()`` each iteration, and the warm-up
     constructor already consumed one step, hence ``t + 2``. Without warm-up this is SGRAF's
-    ``lr · 0.1^(epoch // lr_update)``.
+    ``lr · 0.1^(epoch // lr_update)``. ``warmup`` overrides ``config.warmup_iters`` (the capped
+    length of :func:`effective_warmup`).
     """
     lr = config.lr * config.lr_gamma ** (epoch // config.lr_step_epochs)
-    if config.warmup_iters > 0:
-        lr *= min(1.0, (iteration + 2) / config.warmup_iters)
+    w = config.warmup_iters if warmup is None else warmup
+    if w > 0:
+        lr *= min(1.0, (iteration + 2) / w)
     return lr
 
 

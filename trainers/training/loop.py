@@ -31,9 +31,10 @@ from torch.utils.data import DataLoader
 
 from itmflow.config import to_dict
 from itmflow.files import atomic_write_json
+from itmflow.marks import metadata as mark_metadata, random_init_of_manifest, warn as warn_random
 from trainers.data import MatchingData, PairCollator, EpochBatchSampler, ShardedBatchSampler
 from itmflow.devices import resolve_device
-from trainers.training.config import TrainConfig, learning_rate
+from trainers.training.config import TrainConfig, effective_warmup, learning_rate
 from trainers.checkpoints import from_pretrained
 from trainers.training.model import build_model, check_bert, check_region_policy, make_optimizer
 from trainers.training.rng import rng_state, seed_everything, set_rng_state
@@ -83,6 +84,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._plotted = -math.inf
         self.run = RunDir(self.out)
+        #: set when the region store came from a random-weight detector (--random-init)
+        self.random_init = random_init_of_manifest(data.images.manifest)
         resume_dir = self.out / "last"
         if worker is None:
             self.run.prepare(config, resume=resume)
@@ -96,7 +99,8 @@ class Trainer:
                 self.run.log_file.unlink()  # a restart before the first checkpoint: start afresh
             record = {"model": config.model, "inputs": self.inputs, "bert": bert,
                       "device": str(self.device),
-                      "train_captions": len(data.captions.rows_of("train"))}
+                      "train_captions": len(data.captions.rows_of("train")),
+                      **mark_metadata(self.random_init)}
             if worker is not None:
                 record["workers"] = worker.world_size
             self.run.write_config(config, record)
@@ -121,6 +125,13 @@ class Trainer:
 
             check_batches(len(self.pairs), config.batch_size, worker.world_size)
         self.evalset = data.eval_set("val", max_images=config.val_images) if self.is_main else None
+        self.per_epoch = EpochBatchSampler(len(self.pairs), config.batch_size,
+                                           seed=config.seed).batches_per_epoch()
+        self.total = config.epochs * self.per_epoch
+        if config.max_steps is not None:
+            self.total = min(self.total, config.max_steps)
+        #: the warm-up length used (capped when the configured one is longer than the run)
+        self.warmup, self._warmup_note = effective_warmup(config, self.total)
         if resume:
             self._load_state(resume_dir)
 
@@ -141,8 +152,9 @@ class Trainer:
             return
         state = None
         if with_state:
-            state = {"optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(),
+            state = {**({"optimizer": self.optimizer.state_dict()}
+                        if self.config.save_optimizer_state else {}),
+                     "scaler": self.scaler.state_dict(), "warmup_iters": self.warmup,
                      "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch, "step": p.step,
                      "best_score": p.best_score, "best_step": p.best_step,
                      "best_metrics": json.dumps(p.best_metrics), "rng": rng_state()}
@@ -161,7 +173,13 @@ class Trainer:
 
     def _load_state(self, last: Path | None = None) -> None:
         state = self.run.load_state(last)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            self._say("[yellow]last/ holds no optimiser state (--no-save-optimizer-state): Adam's "
+                      "moments restart from zero, so this resume is not exact[/]")
+        if "warmup_iters" in state:  # the warm-up the run started with (maybe capped)
+            self.warmup, self._warmup_note = int(state["warmup_iters"]), None
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(epoch=state["epoch"], batch_in_epoch=state["batch_in_epoch"],
                                  step=state["step"], best_score=state["best_score"],
@@ -172,6 +190,27 @@ class Trainer:
             self.history = self.run.trim_log(self.progress.step)
 
     # -- logging ---------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        """A line for the person running (stderr)."""
+        from rich.console import Console
+
+        (self.console or Console(stderr=True)).print(text, highlight=False, soft_wrap=True)
+
+    def startup_line(self) -> str:
+        """Model, parameters, data sizes, device, learning rate and length of this run."""
+        cfg = self.config
+        params = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        n_images = len({self.pairs.captions.image_ids[r] for r in self.pairs.rows})
+        train_txt = f"{len(self.pairs)} captions of {n_images} images"
+        first = learning_rate(cfg, 0, 0, self.warmup)
+        lr_txt = f"lr {cfg.lr:g}" + (f" (warm-up {self.warmup} it: first step {first:.3g})"
+                                     if self.warmup > 0 else " (no warm-up)")
+        return (f"{cfg.model}: {params / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained); "
+                f"train {train_txt}, val {len(self.evalset.image_ids)} images; device "
+                f"{self.device}; {lr_txt}; {self.total} steps ({self.per_epoch} per epoch), batch "
+                f"{cfg.batch_size}")
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -187,7 +226,9 @@ class Trainer:
         if not self.is_main:
             return path
         self._plotted = time.perf_counter()
-        plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}")
+        plot_curves(self.history, path, title=f"{self.config.model} — {self.out.name}",
+                    val_every=self.config.val_every,
+                    random_init=bool(self.random_init))
         return path
 
     # -- validation ------------------------------------------------------------------------
@@ -211,7 +252,7 @@ class Trainer:
             p.best_score, p.best_step, p.best_metrics = score, p.step, record
         record["best"] = improved
         self._log(record)
-        if improved:
+        if improved and self.config.keep != "last":
             self._save("best", with_state=False, metrics=record)
         self.model.train()
         return record
@@ -242,16 +283,23 @@ class Trainer:
             counts = split_sizes(min(size, n - p.batch_in_epoch * size), self.worker.world_size)
             self.train_model.module.set_counts(counts)  # type: ignore[union-attr,operator]
         return optimisation_step(self.train_model, self.optimizer, self.scaler, images, captions,
-                                 self.config, lr=learning_rate(self.config, p.epoch, p.step),
+                                 self.config, lr=learning_rate(self.config, p.epoch, p.step,
+                                                               self.warmup),
                                  device=self.device, amp_dtype=self._amp_dtype(), step=p.step)
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``); returns a summary (best score, steps, seconds)."""
         cfg, p = self.config, self.progress
-        per_epoch = EpochBatchSampler(len(self.pairs), cfg.batch_size, seed=cfg.seed).batches_per_epoch()
-        total = cfg.epochs * per_epoch
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
+        per_epoch, total = self.per_epoch, self.total
+        if self.is_main:  # one start-up report per run, not one per worker
+            self._say(self.startup_line())
+            if self._warmup_note:
+                self._say(f"[yellow]warning: {self._warmup_note}[/]")
+            from trainers.evaluation.recall import small_split_note
+
+            note = small_split_note(len(self.evalset.image_ids), what="validation")
+            if note:
+                self._say(f"[yellow]note: {note}[/]")
         self.model.train()
         started = time.perf_counter()
         steps_run = 0
@@ -272,7 +320,8 @@ class Trainer:
                     bar.advance(loss, its)
                     if p.step % cfg.log_every == 0 or p.step == 1:
                         self._log({"kind": "train", "step": p.step, "epoch": p.epoch,
-                                   "loss": loss, "lr": learning_rate(cfg, p.epoch, p.step - 1),
+                                   "loss": loss,
+                                   "lr": learning_rate(cfg, p.epoch, p.step - 1, self.warmup),
                                    "it_s": its})
                     if cfg.val_every and p.step % cfg.val_every == 0 and p.batch_in_epoch < per_epoch:
                         self.validate()
@@ -291,6 +340,9 @@ class Trainer:
                 if time.perf_counter() - self._plotted > PLOT_EVERY_S:
                     self.plot()
         self.plot()
+        if cfg.keep == "best" and (self.out / "best" / "config.json").is_file() \
+                and not stop.requested:
+            shutil.rmtree(self.out / "last")  # --keep best: the finished run keeps best/ only
         seconds = time.perf_counter() - started
         if stop.requested:
             self._log({"kind": "stop", "step": p.step, "epoch": p.epoch, "signal": stop.requested})
@@ -298,7 +350,8 @@ class Trainer:
                    "workers": self.worker.world_size if self.worker is not None else 1,
                    "stopped_by": stop.requested,
                    "seconds": seconds, "best_score": p.best_score, "best_step": p.best_step,
-                   "best": p.best_metrics, "skipped_captions": self.data.skipped}
+                   "best": p.best_metrics, "skipped_captions": self.data.skipped,
+                   **mark_metadata(self.random_init)}
         if self.is_main:
             atomic_write_json(self.out / "summary.json", summary)
         return summary
@@ -386,6 +439,7 @@ def train(config: TrainConfig, regions: str | os.PathLike[str], captions: str | 
     same global batch; ``workers == 1`` (the default) is the in-process loop.
     """
     data = MatchingData(regions, captions, model=config.model)
+    warn_random(console, f"region store {regions}", random_init_of_manifest(data.images.manifest))
     inputs = {"regions": str(regions), "captions": str(captions),
               "region_store": {k: data.images.manifest.get(k) for k in
                                ("format", "schema_version", "storage", "feature_dim", "detector",

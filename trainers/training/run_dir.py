@@ -6,7 +6,10 @@ RUN/run.json             what produced the run: inputs (store paths, manifests),
 RUN/log.jsonl            one JSON object per logged step ("train") and validation ("val")
 RUN/curves.png           training loss and validation rsum / R@1 against the iteration
 RUN/last/                model.safetensors + config.json (trainers.checkpoints) + training_state.pt
-RUN/best/                model.safetensors + config.json + metrics.json (best validation score)
+                         (without the Adam moments under --no-save-optimizer-state; removed at
+                         the end under --keep best)
+RUN/best/                model.safetensors + config.json + metrics.json (best validation score;
+                         not written under --keep last)
 RUN/summary.json         what :meth:`Trainer.fit` returned
 ```
 
@@ -92,7 +95,8 @@ class RunDir:
                         f"cannot resume {self.path}: the configuration differs from the saved "
                         f"{cfg_file} in {changed}; use the same settings (only "
                         f"{sorted(RESUMABLE_CHANGES)} may change) or start a new run directory")
-        elif (self.path / "last").exists() or (self.path / ".last.old").exists():
+        elif (self.path / "last").exists() or (self.path / ".last.old").exists() or \
+                (self.path / "summary.json").exists():  # a finished --keep best run has no last/
             raise ConfigError(f"run directory {self.path} already holds a run; pass --resume to "
                               "continue it or choose another --out")
         elif self.log_file.exists():
