@@ -76,15 +76,13 @@ def store_summary(path: Path) -> dict:
 
 
 def _what_users_ask(path: Path, m: dict) -> dict:
-    """Random init and seed, detector scale and proposals, regions per image, per-split counts,
-    provenance and the source collection: what a user asks of a store first."""
+    """Detector scale and proposals, regions per image, per-split counts, provenance and the
+    source collection: what a user asks of a store first (random init and seed: _random_init)."""
     import numpy as np
 
     det = m.get("detector") or {}
     settings = det.get("settings") or {}
-    out: dict = {"random_init": settings.get("random_init", "not recorded")}
-    if settings.get("random_init"):
-        out["seed"] = settings.get("seed", "not recorded")
+    out: dict = {}  # random init and seed: _random_init (itmflow.marks reads the mark once)
     if "min_size" in settings or "max_size" in settings:
         out["detector_scale"] = (f"shorter side {settings.get('min_size')}, "
                                  f"longer side at most {settings.get('max_size')}")

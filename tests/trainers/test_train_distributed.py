@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from synthetic_collection import write_synthetic_stores
+from tests._support.synthetic_collection import write_synthetic_stores
 from trainers.training import train
 from trainers.training.config import TrainConfig, build_config
 from trainers.training.distributed import DistributedOptions, split_sizes
