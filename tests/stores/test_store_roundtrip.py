@@ -91,7 +91,7 @@ def test_bad_rows_named(tmp_path):
 
 def test_settings_mismatch_names_field(tmp_path):
     write_store(tmp_path / "s", make_rows(2), dtype="float16")
-    with pytest.raises(StoreError, match=r"feature_dtype: store has \"float16\", this run asks for \"float32\""):
+    with pytest.raises(StoreError, match=r"feature_dtype: \"float16\" -> \"float32\""):
         RegionStoreWriter(tmp_path / "s", feature_dtype="float32", region_policy=FIXED, detector=DETECTOR)
     with pytest.raises(StoreError, match="detector"):
         RegionStoreWriter(tmp_path / "s", region_policy=FIXED, detector={"name": "other"})
