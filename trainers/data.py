@@ -139,7 +139,7 @@ class RegionImages:
         """The store row of ``image_id`` as tensors, ``geometry`` always filled in."""
         row = self._dataset[self.index[image_id]]
         if row.get("geometry") is None:
-            k = int(row["num_regions"])
+            k = int(row["features"].shape[0])  # regions held (a padded fixed-K row holds K)
             if row.get("boxes") is not None:
                 row["geometry"] = torch.from_numpy(geometry_from_boxes(
                     row["boxes"].numpy(), int(row["width"]), int(row["height"])))

@@ -56,6 +56,10 @@ class ExtractSummary:
     retried_missing: int = 0
     """Images whose file was missing in an earlier run, exists now, and was tried again."""
     failures: list[dict[str, str]] = field(default_factory=list)
+    padded: int = 0
+    """Images of this run whose detector kept fewer regions than the store's fixed K: kept, their
+    rows padded to K (``num_regions`` holds the real count)."""
+    fixed_k: int | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -336,6 +340,7 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
                 plan = make_plan(images, committed=set(writer.committed_ids()), failed=failed,
                                  batch_size=cfg.batch_size, retry_failed=cfg.retry_failed)
                 summary.already_done = plan.already_done
+                summary.fixed_k = writer.settings.fixed_k
                 decode = ray.remote(decode_batch).options(num_cpus=shape.decode_cpus, max_retries=3)
                 _stream(plan, cfg, str(collection.images_root), decode, workers, writer, summary,
                         console, on_batch, signals)
@@ -466,6 +471,8 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                         result.failures.append(Failure(row["image_id"], row["file"], f"store: {exc}"))
                     else:
                         added += 1
+                        if summary.fixed_k is not None and int(row["num_regions"]) < summary.fixed_k:
+                            summary.padded += 1
                 if added and result.worker and result.worker not in part_workers:
                     part_workers.append(result.worker)
                     writer.part_extra = {"workers": list(part_workers)}
@@ -496,6 +503,9 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                     on_batch({"number": result.number, "pid": result.pid,
                               "processed": summary.processed, "failed": summary.failed})
         writer.commit()
+    if summary.padded:
+        console.print(f"[yellow]fewer regions than K={summary.fixed_k}: {summary.padded} images, padded "
+                      "(num_regions holds the real count; models mask the padding)[/]")
     if summary.failed:
         console.print(f"[yellow]{summary.failed} image(s) failed; reasons in "
                       f"{Path(cfg.out) / 'failures.jsonl'}[/]")

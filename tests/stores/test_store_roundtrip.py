@@ -69,8 +69,11 @@ def test_bad_rows_named(tmp_path):
         writer.add(bad)
     with pytest.raises(StoreError, match="duplicate image_id 'img0000'"):
         writer.add(rows[0])
-    short = dict(rows[1], features=rows[1]["features"][:20], num_regions=20)
+    long = dict(rows[1], features=np.concatenate([rows[1]["features"]] * 2)[:40], num_regions=40)
     with pytest.raises(StoreError, match="fixed K=36"):
+        writer.add(long)
+    short = dict(rows[1], features=rows[1]["features"][:20], num_regions=20)
+    with pytest.raises(StoreError, match="'boxes' has shape"):  # fewer regions are padded, not refused
         writer.add(short)
     nolabels = {k: v for k, v in rows[2].items() if k != "attr_conf"}
     with pytest.raises(StoreError, match="'attr_conf' is missing"):

@@ -137,6 +137,10 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     needs = union_of_needs(specs)    # ensembles of different models need the union of fields
     data = MatchingData(config.regions, config.captions,
                         model=specs[0].name if specs else "tern", needs=needs)
+    from trainers.training.model import check_region_policy
+
+    for model in models:  # SGRAF: a fixed-36 store (rows with fewer regions are padded to 36)
+        check_region_policy(model, data)
     evalset = data.eval_set(config.split, max_images=config.max_images)
     n_img = len(evalset.image_ids)
     if n_img % config.folds:
