@@ -7,7 +7,7 @@
   ``bu_box/{image_id}.npy`` float32 ``[K, 4]`` (x1, y1, x2, y2 pixels).
 * ``butd-tsv`` (bottom-up-attention ``generate_tsv.py``): ``{split}.tsv``, tab-separated, no header:
   ``image_id, image_w, image_h, num_boxes, boxes, features`` (w before h; boxes and features are
-  base64 of C-order float32;).
+  base64 of C-order float32; text is UTF-8 whatever the locale, so ``café.jpg`` is written as is).
 * ``milvlg-npz`` (MILVLG bottom-up-attention.pytorch): ``{image_id}.npz`` with ``x`` float32 [K, D],
   ``bbox`` float32 [K, 4], ``num_bbox``, ``image_h``, ``image_w`` and ``info`` (a pickled dict with
   image_id, image_h, image_w, num_boxes and, when the store has labels, objects_id / objects_conf /
@@ -183,7 +183,7 @@ def _export_tsv(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Pat
                 progress: Callable[[int], None] | None) -> int:
     _need_boxes(reader, "butd-tsv")
     path = out_dir / f"{split}.tsv"
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as handle:
         for row in _real_regions(_rows(reader, wanted)):
             image_id = row["image_id"]
             if any(c in image_id for c in "\t\r\n"):

@@ -195,7 +195,7 @@ def _b64_len(text: str) -> int:
 
 def _tsv_lines(files: list[Path]) -> Iterator[tuple[str, int, list[str]]]:
     for path in files:
-        with open(path, encoding="ascii", errors="replace", newline="\n") as handle:
+        with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
             for line_no, line in enumerate(handle, start=1):
                 line = line.rstrip("\r\n")
                 if not line:
