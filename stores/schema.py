@@ -133,7 +133,12 @@ def region_mask(num_regions: int, k: int) -> np.ndarray:
 
 
 def geometry_from_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """TERN eq. 2: x1/W, y1/H, x2/W, y2/H, area/(W·H) as float32 [K,5]."""
+    """TERN eq. 2: x1/W, y1/H, x2/W, y2/H, area/(W·H) as float32 [K,5].
+
+    Raises :class:`StoreError` for a width or height that is not positive (imported features without
+    image sizes): geometry is never computed from a zero size (it would be inf/NaN)."""
+    if not (int(width) > 0 and int(height) > 0):
+        raise StoreError(f"image size {width}x{height} is unknown, so box geometry (x/W, y/H) cannot be computed")
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     w, h = float(width), float(height)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (w * h)

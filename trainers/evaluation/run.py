@@ -96,6 +96,17 @@ class EvalResult:
     paths: dict[str, Path]
 
 
+def refuse_non_finite(values: np.ndarray, what: str, cause: str) -> None:
+    """Raise :class:`~itmflow.errors.ItmflowError` when ``values`` hold NaN or inf, naming
+    ``what`` (the store or file) and the likely ``cause``, instead of a table of NaN metrics."""
+    from itmflow.errors import ItmflowError
+
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ItmflowError(f"{bad} of {values.size} values of {what} are not finite (NaN/inf); refusing to "
+                           f"report metrics from them. Likely cause: {cause}")
+
+
 def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResult:
     """Score the split with every source, compute Recall@K / rsum / NDCG@25, write the report.
 
@@ -167,8 +178,13 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
         matrices.append(score_matrix(model, img_loader, cap_loader, device=dev,
                                      max_memory_gb=config.max_memory_gb, buffer_dtype=dtype,
                                      progress=config.progress, console=console))
+        refuse_non_finite(matrices[-1], f"the scores of {model.kind} ({src}) on region store {config.regions}",
+                          "non-finite features or box geometry in the store (image sizes 0 after "
+                          "`store import --format tern` without --images / --captions-json?) or a diverged "
+                          "checkpoint; run `itmflow store verify` on the store")
     for s in config.sims:
         matrices.append(load_sims(s, n_img, n_cap))
+        refuse_non_finite(matrices[-1], f"the similarity file {s}", "it was saved from a run that scored NaN")
     sims = matrices[0] if len(matrices) == 1 else ensemble(matrices)
     timings["score"] = time.perf_counter() - t0
     if config.save_sims is not None:
