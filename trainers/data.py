@@ -319,11 +319,15 @@ class MatchingData:
         self._have = set(self.images.ids)
         self.skipped: dict[str, int] = {}
         """Per split: captions dropped because their image is not in the region store."""
+        self.missing_images: dict[str, tuple[int, int]] = {}
+        """Per split: (images without regions in the region store, images of the split)."""
 
     def _rows_with_images(self, split: str) -> list[int]:
         rows = self.captions.rows_of(split)
         kept = [r for r in rows if self.captions.image_ids[r] in self._have]
         self.skipped[split] = len(rows) - len(kept)
+        images = {self.captions.image_ids[r] for r in rows}
+        self.missing_images[split] = (len(images - self._have), len(images))
         return kept
 
     def train_pairs(self, split: str = "train") -> TrainPairs:
