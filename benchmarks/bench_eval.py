@@ -45,7 +45,7 @@ SHARD = 100
 def _reset_peak() -> int:
     """Reset the process' peak RSS (Linux) and return the current RSS in bytes."""
     try:
-        with open("/proc/self/clear_refs", "w") as handle:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
             handle.write("5")
     except OSError:
         pass
@@ -54,7 +54,7 @@ def _reset_peak() -> int:
 
 def _status(key: str) -> int:
     try:
-        with open("/proc/self/status") as handle:
+        with open("/proc/self/status", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024

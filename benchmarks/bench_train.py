@@ -140,7 +140,7 @@ def main() -> None:
             batch = CPU_BATCH[model]
         cmd = [sys.executable, __file__, "--one", model, "--batch", str(batch), "--steps",
                str(args.steps), "--device", str(device), "--threads", str(args.threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+        done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env={**os.environ})
         if done.returncode != 0:
             raise SystemExit(f"{model} failed:\n{done.stderr[-3000:]}")
         res = json.loads(done.stdout.strip().splitlines()[-1])

@@ -41,7 +41,9 @@ class Block:
                   present: Sequence[str], *, stack_features: bool = True) -> "Block":
         """Stack validated rows (see :func:`stores.schema.validate_row`); with
         ``stack_features=False`` the features stay per row in ``feature_rows``."""
-        counts = np.array([r["num_regions"] for r in rows], dtype=np.int64)
+        # offsets follow the arrays (a padded fixed-K row holds K regions, num_regions the real count)
+        counts = np.array([len(r["features"]) for r in rows], dtype=np.int64)
+        real = np.array([r["num_regions"] for r in rows], dtype=np.int64)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         feature_rows = None
@@ -63,7 +65,7 @@ class Block:
         return cls(image_id=[r["image_id"] for r in rows], file=[r["file"] for r in rows],
                    width=np.array([r["width"] for r in rows], dtype=SCALAR_FIELDS["width"]),
                    height=np.array([r["height"] for r in rows], dtype=SCALAR_FIELDS["height"]),
-                   num_regions=counts.astype(SCALAR_FIELDS["num_regions"]), offsets=offsets,
+                   num_regions=real.astype(SCALAR_FIELDS["num_regions"]), offsets=offsets,
                    features=features, regions=regions, feature_rows=feature_rows)  # type: ignore[arg-type]
 
     def _scalars(self) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -116,11 +118,13 @@ class Block:
         return row_checksums(self.features[offsets[i]:offsets[i + 1]] for i in range(len(self)))
 
     def fixed_k(self) -> int | None:
-        """K when every row of the block has the same count (None for an empty or mixed block)."""
+        """K when every row of the block holds the same number of regions (padded rows count K;
+        None for an empty or mixed block)."""
         if len(self) == 0:
             return None
-        k = int(self.num_regions[0])
-        return k if bool((self.num_regions == k).all()) else None
+        counts = np.diff(self.offsets)
+        k = int(counts[0])
+        return k if bool((counts == k).all()) else None
 
 
 class LazyRows:

@@ -84,8 +84,12 @@ class RegionDataset(Dataset):
 
 def collate_regions(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch rows with (possibly) different K: region tensors padded to the largest K, plus a
-    ``region_mask`` (True = real region) and ``num_regions`` as a tensor."""
-    k_max = max(int(it["num_regions"]) for it in items)
+    ``region_mask`` (True = real region) and ``num_regions`` as a tensor.
+
+    Rows of a fixed-K store whose detector kept fewer regions hold K regions (zero padded, see
+    :func:`stores.schema.validate_row`) and their real count in ``num_regions``: the mask leaves
+    the padding out, as it does the collate padding."""
+    k_max = max(int(it["features"].shape[0]) for it in items)
     out: dict[str, Any] = {"image_id": [it["image_id"] for it in items], "file": [it["file"] for it in items]}
     for name in ("width", "height", "num_regions"):
         out[name] = torch.tensor([int(it[name]) for it in items], dtype=torch.long)

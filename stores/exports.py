@@ -7,11 +7,16 @@
   ``bu_box/{image_id}.npy`` float32 ``[K, 4]`` (x1, y1, x2, y2 pixels).
 * ``butd-tsv`` (bottom-up-attention ``generate_tsv.py``): ``{split}.tsv``, tab-separated, no header:
   ``image_id, image_w, image_h, num_boxes, boxes, features`` (w before h; boxes and features are
-  base64 of C-order float32).
+  base64 of C-order float32; text is UTF-8 whatever the locale, so ``café.jpg`` is written as is).
 * ``milvlg-npz`` (MILVLG bottom-up-attention.pytorch): ``{image_id}.npz`` with ``x`` float32 [K, D],
   ``bbox`` float32 [K, 4], ``num_bbox``, ``image_h``, ``image_w`` and ``info`` (a pickled dict with
   image_id, image_h, image_w, num_boxes and, when the store has labels, objects_id / objects_conf /
   attrs_id / attrs_conf).
+
+A fixed-K store row whose detector kept fewer than K regions (``num_regions`` < K, padded in the
+store) is written with its real regions only by ``tern``, ``butd-tsv`` and ``milvlg-npz`` (formats
+with a per-image count), and padded to K with zero features by ``scan-precomp`` (one fixed-shape
+array; SCAN / SGRAF see the zero rows as regions).
 
 Every output file is written through :func:`itmflow.files.atomic_path` (a temporary name, renamed
 when complete; the per-image files of tern and milvlg-npz without an fsync each); a read that fails
@@ -31,6 +36,7 @@ import numpy as np
 from itmflow.errors import StoreError
 from itmflow.files import atomic_path, safe_join
 from stores.reader import RegionStoreReader, open_region_store
+from stores.schema import ARRAY_FIELDS
 
 EXPORT_FORMATS: tuple[str, ...] = ("scan-precomp", "tern", "butd-tsv", "milvlg-npz")
 #: SCAN split names -> the collection splits they hold.
@@ -44,6 +50,16 @@ def _rows(reader: RegionStoreReader, wanted: set[str] | None) -> Iterator[dict[s
         for row in block.rows():
             if wanted is None or row["image_id"] in wanted:
                 yield row
+
+
+def _real_regions(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Rows cut to their real regions: a fixed-K row whose detector kept fewer than K regions is
+    padded in the store; the variable-K formats (tern, butd-tsv, milvlg-npz) get the real ones."""
+    for row in rows:
+        n = int(row["num_regions"])
+        if len(row["features"]) != n:
+            row = {**row, **{name: None if row.get(name) is None else row[name][:n] for name in ARRAY_FIELDS}}
+        yield row
 
 
 def _captions_by_image(captions: str | os.PathLike[str], split: str) -> dict[str, list[str]]:
@@ -147,7 +163,7 @@ def _export_tern(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Pa
                  progress: Callable[[int], None] | None) -> int:
     _need_boxes(reader, "tern")
     files = 0
-    for row in _rows(reader, wanted):
+    for row in _real_regions(_rows(reader, wanted)):
         att = safe_join(out_dir / "bu_att", f"{row['image_id']}.npz", what="image_id")
         box = safe_join(out_dir / "bu_box", f"{row['image_id']}.npy", what="image_id")
         att.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +183,8 @@ def _export_tsv(reader: RegionStoreReader, wanted: set[str] | None, out_dir: Pat
                 progress: Callable[[int], None] | None) -> int:
     _need_boxes(reader, "butd-tsv")
     path = out_dir / f"{split}.tsv"
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as handle:
-        for row in _rows(reader, wanted):
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+        for row in _real_regions(_rows(reader, wanted)):
             image_id = row["image_id"]
             if any(c in image_id for c in "\t\r\n"):
                 raise StoreError(f"image_id {image_id!r} contains a tab or newline and cannot be written to "
@@ -187,7 +203,7 @@ def _export_milvlg(reader: RegionStoreReader, wanted: set[str] | None, out_dir: 
     _need_boxes(reader, "milvlg-npz")
     has_labels = "object_ids" not in reader.settings.absent_fields
     files = 0
-    for row in _rows(reader, wanted):
+    for row in _real_regions(_rows(reader, wanted)):
         info: dict[str, Any] = {"image_id": row["image_id"], "image_h": row["height"], "image_w": row["width"],
                                 "num_boxes": row["num_regions"]}
         if has_labels:

@@ -33,7 +33,7 @@ from itmflow.errors import StoreCorruptError, StoreError
 from stores.block import Block, LazyRows
 from stores.integrity import CHECKSUM_FIELD, CRC_ATTR, check_dataset, check_row, corrupt, dataset_crc
 from stores.rawrows import RawRows, contiguous_runs
-from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
+from stores.schema import FORMAT, REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings, stored_counts
 
 _VARIABLE_CHUNK_REGIONS = 36
 
@@ -299,7 +299,7 @@ class HDF5PartReader:
                                     f"says {self.settings.feature_dtype}[*, {self.settings.feature_dim}]")
         regions = {name: None if arr is None else arr[a:b] for name, arr in self._region_arrays().items()}
         counts = self._scalars["num_regions"][start:stop]
-        if not np.array_equal(np.diff(self._offsets[start:stop + 1]), counts):
+        if not np.array_equal(np.diff(self._offsets[start:stop + 1]), stored_counts(counts, self.settings)):
             raise StoreCorruptError(f"{where}: offsets disagree with num_regions")
         self._load_names()
         return Block(image_id=self._ids[start:stop], file=self._files[start:stop],

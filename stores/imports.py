@@ -138,9 +138,105 @@ def scan_precomp(src: Path, split: str) -> ImportSource:
     return ImportSource("scan-precomp", src, dim, [k] * n, tuple(REGION_FIELDS), rows, images, captions)
 
 
+# -- image sizes for formats that carry none ----------------------------------------------------------
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def _size_keys(name: str) -> list[str]:
+    """Names an image is looked up by: the id / path as given, its stem, and for COCO-style names
+    (``COCO_val2014_000000391895``) the trailing number without zeros (``391895``: TERN's ids)."""
+    stem = Path(name).stem if Path(name).suffix.lower() in _IMAGE_SUFFIXES else Path(name).name
+    keys = [name, Path(name).as_posix(), stem]
+    digits = len(stem) - len(stem.rstrip("0123456789"))
+    if digits:
+        keys.append(str(int(stem[len(stem) - digits:])))
+    return keys
+
+
+def _lookup(table: dict[str, tuple[int, int]], ids: list[str], source: str, hint: str) -> dict[str, tuple[int, int]]:
+    out, missing = {}, []
+    for image_id in ids:
+        found = next((table[k] for k in _size_keys(image_id) if k in table), None)
+        if found is None:
+            missing.append(image_id)
+        else:
+            out[image_id] = found
+    if missing:
+        raise InputFileError(f"{len(missing)} of {len(ids)} images have no size in {source} (first: "
+                             f"{', '.join(repr(m) for m in missing[:3])}); {hint}")
+    return out
+
+
+def image_sizes_from_folder(root: str | os.PathLike[str], ids: list[str]) -> dict[str, tuple[int, int]]:
+    """(width, height) of every id from the image files under ``root`` (header only; EXIF orientation
+    applied, as extraction does), matched by path, stem or COCO number."""
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputFileError(f"--images {root} is not a folder of images")
+    files: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file():
+            rel = path.relative_to(root).as_posix()
+            for key in [rel, rel[: -len(path.suffix)], *_size_keys(path.name)]:
+                files.setdefault(key, path)
+    wanted: dict[str, Path] = {}
+    for image_id in ids:
+        hit = next((files[k] for k in _size_keys(image_id) if k in files), None)
+        if hit is not None:
+            wanted[image_id] = hit
+    sizes: dict[str, tuple[int, int]] = {}
+    for image_id, path in wanted.items():
+        try:
+            with Image.open(path) as image:
+                w, h = image.size
+                if image.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated 90°: width and height swap
+                    w, h = h, w
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputFileError(f"{path}: cannot read the image size ({exc})") from exc
+        sizes[image_id] = (int(w), int(h))
+    return _lookup(sizes, ids, f"the images under {root}",
+                   "the image files are matched by file name (or COCO number); check --images")
+
+
+def image_sizes_from_captions_json(path: str | os.PathLike[str], ids: list[str]) -> dict[str, tuple[int, int]]:
+    """(width, height) of every id from a COCO annotation file (``images[].width/height``, matched by
+    ``id`` or ``file_name``), as TERN's own COCO loader reads them."""
+    import json
+
+    path = Path(path)
+    try:
+        doc = json.loads(_need(path, "pass the COCO captions/instances JSON").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputFileError(f"--captions-json {path}: not JSON ({exc})") from exc
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list) or not images:
+        raise InputFileError(f"--captions-json {path}: no images[] list; pass a COCO annotation file, or the "
+                             "images with --images ROOT")
+    table: dict[str, tuple[int, int]] = {}
+    for entry in images:
+        w, h = entry.get("width"), entry.get("height")
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            raise InputFileError(f"--captions-json {path}: images[] carry no width/height (a Karpathy / "
+                                 "Flickr30k dataset json has none); read the sizes from the images with "
+                                 "--images ROOT instead")
+        for name in (entry.get("id"), entry.get("file_name"), entry.get("filename")):
+            if name is not None:
+                for key in _size_keys(str(name)):
+                    table.setdefault(key, (w, h))
+    return _lookup(table, ids, str(path), "pass the annotation file of these images, or --images ROOT")
+
+
 # -- TERN bu_att / bu_box -------------------------------------------------------------------------
-def tern(src: Path, split: str) -> ImportSource:
-    """``bu_att/{id}.npz`` (key ``feat``) and ``bu_box/{id}.npy`` under ``src``."""
+def tern(src: Path, split: str, *, images: str | os.PathLike[str] | None = None,
+         captions_json: str | os.PathLike[str] | None = None) -> ImportSource:
+    """``bu_att/{id}.npz`` (key ``feat``) and ``bu_box/{id}.npy`` under ``src``.
+
+    TERN's files carry no image size, which the box geometry (x/W, y/H: TERN eq. 2) needs: the sizes
+    come from the images (``images``) or a COCO annotation file (``captions_json``), as TERN's own
+    loader takes them; with neither the import is refused.
+    """
     att_dir = _need(src / "bu_att", "a TERN feature folder holds bu_att/ and bu_box/")
     box_dir = _need(src / "bu_box", "a TERN feature folder holds bu_att/ and bu_box/")
     att_files = sorted(att_dir.rglob("*.npz"))
@@ -160,6 +256,16 @@ def tern(src: Path, split: str) -> ImportSource:
             raise InputFileError(f"{att_files[0]}: key 'feat' is missing (keys: {sorted(first.files)})")
         dim = int(first["feat"].shape[-1])
     split_name = SCAN_TO_COLLECTION_SPLIT.get(split, "")
+    if images is not None:
+        sizes = image_sizes_from_folder(images, ids)
+    elif captions_json is not None:
+        sizes = image_sizes_from_captions_json(captions_json, ids)
+    else:
+        raise InputFileError(
+            f"{src}: TERN feature files carry no image sizes, and the box geometry TERN/TERAN use "
+            "(x/W, y/H) needs them: pass --images ROOT (sizes read from the image files) or "
+            "--captions-json FILE (a COCO annotation file: images[].width/height; the Flickr30k / "
+            "Karpathy dataset json has no sizes, use --images)")
 
     def rows() -> Iterator[dict[str, Any]]:
         for image_id, att in zip(ids, att_files):
@@ -170,11 +276,11 @@ def tern(src: Path, split: str) -> ImportSource:
                 raise InputFileError(f"{att}: cannot read key 'feat' ({exc})") from exc
             with open(box_dir / f"{image_id}.npy", "rb") as handle:
                 boxes = _read_npy(handle, str(box_dir / f"{image_id}.npy"))
-            yield {"image_id": image_id, "file": image_id, "width": 0, "height": 0, "features": feats,
-                   "boxes": boxes}
+            w, h = sizes[image_id]
+            yield {"image_id": image_id, "file": image_id, "width": w, "height": h, "features": feats,
+                   "boxes": boxes, "geometry": geometry_from_boxes(np.asarray(boxes).reshape(-1, 4), w, h)}
 
-    # TERN's files carry no image size, so geometry (which needs W and H) cannot be computed.
-    absent = ("geometry", *LABEL_FIELDS)
+    absent = LABEL_FIELDS
     return ImportSource("tern", src, dim, counts, absent, rows,
                         [(i, i, split_name) for i in ids])
 
@@ -195,7 +301,7 @@ def _b64_len(text: str) -> int:
 
 def _tsv_lines(files: list[Path]) -> Iterator[tuple[str, int, list[str]]]:
     for path in files:
-        with open(path, encoding="ascii", errors="replace", newline="\n") as handle:
+        with open(path, encoding="utf-8", errors="replace", newline="\n") as handle:
             for line_no, line in enumerate(handle, start=1):
                 line = line.rstrip("\r\n")
                 if not line:
@@ -345,22 +451,31 @@ def milvlg_npz(src: Path, split: str) -> ImportSource:
 _IMPORTERS = {"scan-precomp": scan_precomp, "tern": tern, "butd-tsv": butd_tsv, "milvlg-npz": milvlg_npz}
 
 
-def open_import(src: str | os.PathLike[str], fmt: str, *, split: str = "train") -> ImportSource:
-    """Scan ``src`` in format ``fmt``."""
+def open_import(src: str | os.PathLike[str], fmt: str, *, split: str = "train",
+                images: str | os.PathLike[str] | None = None,
+                captions_json: str | os.PathLike[str] | None = None) -> ImportSource:
+    """Scan ``src`` in format ``fmt``; ``images`` / ``captions_json`` give the image sizes a TERN
+    folder lacks (the other formats carry them, or no boxes)."""
     if fmt not in _IMPORTERS:
         raise StoreError(f"import format {fmt!r} is unknown; use one of {', '.join(IMPORT_FORMATS)}")
+    if fmt == "tern":
+        return tern(Path(src), split, images=images, captions_json=captions_json)
+    if images is not None or captions_json is not None:
+        raise StoreError(f"--images / --captions-json give the image sizes of a TERN folder; {fmt} carries "
+                         "its own (or has no boxes)")
     return _IMPORTERS[fmt](Path(src), split)
 
 
 def import_store(src: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], *,
                  storage: str = "parquet", feature_dtype: str = "float32", split: str = "train",
                  rows_per_part: int = DEFAULT_ROWS_PER_PART,
-                 progress: Callable[[int], None] | None = None) -> ImportSource:
+                 progress: Callable[[int], None] | None = None, images: str | os.PathLike[str] | None = None,
+                 captions_json: str | os.PathLike[str] | None = None) -> ImportSource:
     """Import ``src`` into the store ``out`` (resumable: committed image ids are skipped).
 
     Returns the scanned source (its ``images`` and ``captions`` feed a collection table).
     """
-    source = open_import(src, fmt, split=split)
+    source = open_import(src, fmt, split=split, images=images, captions_json=captions_json)
     with RegionStoreWriter(out, storage=storage, feature_dim=source.feature_dim, feature_dtype=feature_dtype,
                            region_policy=source.region_policy, detector=source.detector,
                            rows_per_part=rows_per_part, absent_fields=source.absent_fields,

@@ -80,12 +80,36 @@ def save_manifest(store: str | os.PathLike[str], doc: dict[str, Any]) -> None:
     atomic_write_json(manifest_path(store), doc)
 
 
+#: Differences :func:`settings_mismatch` lists one per line before summarising the rest.
+MAX_LISTED_DIFFS = 6
+
+
+def _leaf_diffs(path: str, a: Any, b: Any, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            _leaf_diffs(f"{path}.{key}" if path else str(key), a.get(key, _MISSING), b.get(key, _MISSING), out)
+    elif a != b:
+        out.append(f"{path}: {_show(a)} -> {_show(b)}")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_MISSING = _Missing()
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _MISSING else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
 def settings_mismatch(recorded: StoreSettings, wanted: StoreSettings) -> list[str]:
-    """Human-readable differences, one per field (empty when the settings agree)."""
-    out = []
-    a, b = recorded.to_manifest(), wanted.to_manifest()
-    for key in a:
-        if a[key] != b[key]:
-            out.append(f"{key}: store has {json.dumps(a[key], sort_keys=True)}, "
-                       f"this run asks for {json.dumps(b[key], sort_keys=True)}")
+    """Human-readable differences leaf by leaf, store value -> this run's value
+    (``detector.settings.min_size: 600 -> 300``); at most :data:`MAX_LISTED_DIFFS` lines, the rest
+    summarised in one more. Empty when the settings agree."""
+    out: list[str] = []
+    _leaf_diffs("", recorded.to_manifest(), wanted.to_manifest(), out)
+    if len(out) > MAX_LISTED_DIFFS:
+        out = out[:MAX_LISTED_DIFFS] + [f"... and {len(out) - MAX_LISTED_DIFFS} more"]
     return out

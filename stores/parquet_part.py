@@ -54,7 +54,7 @@ from stores.integrity import CHECKSUM_FIELD, corrupt, feature_checksum
 from stores.pqfeatures import SpliceError, write_with_features
 from stores.pqfeatures import ThriftReader as _ThriftReader
 from stores.rawrows import RawRows
-from stores.schema import REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings
+from stores.schema import REGION_FIELDS, SCALAR_FIELDS, SCHEMA_VERSION, StoreSettings, stored_counts
 
 META_KEY = b"itmflow.regions"
 DEFAULT_ROW_GROUP_ROWS = 4
@@ -278,7 +278,7 @@ def table_to_block(table: pa.Table, settings: StoreSettings, where: str,
                                 "the manifest")
     counts = _column(table, "num_regions").to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    np.cumsum(stored_counts(counts, settings), out=offsets[1:])  # padded fixed-K rows hold K regions
     regions: dict[str, np.ndarray | None] = {}
     for name, (_, width) in REGION_FIELDS.items():
         regions[name] = (None if name in settings.absent_fields

@@ -137,8 +137,31 @@ class StoreSettings:
                    absent_fields=tuple(manifest.get("absent_fields") or ()))
 
 
+#: Label id of a padded region (a fixed-K row whose detector kept fewer than K regions): no class.
+PAD_ID = -1
+
+
+def stored_counts(num_regions: np.ndarray, settings: StoreSettings) -> np.ndarray:
+    """Regions each row's arrays hold: K for every row of a fixed-K store (rows with fewer real
+    regions are padded to K, ``num_regions`` keeps the real count), else ``num_regions``."""
+    counts = np.asarray(num_regions, dtype=np.int64)
+    if settings.fixed_k is not None:
+        return np.full(counts.shape, settings.fixed_k, dtype=np.int64)
+    return counts
+
+
+def region_mask(num_regions: int, k: int) -> np.ndarray:
+    """``[k]`` bool, True for the real regions of a row (the first ``num_regions``)."""
+    return np.arange(k) < int(num_regions)
+
+
 def geometry_from_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """TERN eq. 2: x1/W, y1/H, x2/W, y2/H, area/(W·H) as float32 [K,5]."""
+    """TERN eq. 2: x1/W, y1/H, x2/W, y2/H, area/(W·H) as float32 [K,5].
+
+    Raises :class:`StoreError` for a width or height that is not positive (imported features without
+    image sizes): geometry is never computed from a zero size (it would be inf/NaN)."""
+    if not (int(width) > 0 and int(height) > 0):
+        raise StoreError(f"image size {width}x{height} is unknown, so box geometry (x/W, y/H) cannot be computed")
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     w, h = float(width), float(height)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (w * h)
@@ -170,6 +193,10 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
     Float32 features are cast to the store's feature dtype. Raises :class:`StoreError` naming the
     image_id and the field for a missing field, a wrong shape, a wrong feature dimension, a K that
     breaks the region policy, or non-finite features.
+
+    In a fixed-K store a row with fewer regions than K (the detector kept fewer) is padded to K:
+    features, boxes, geometry and confidences zero, label ids :data:`PAD_ID`; ``num_regions`` keeps
+    the real count. A row already padded (K rows, ``num_regions`` < K) is taken as it is.
     """
     image_id = row.get("image_id")
     if not isinstance(image_id, str) or not image_id:
@@ -189,11 +216,15 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
                          f"{settings.feature_dim}; write to a store created with feature_dim={feats.shape[1]}")
     if feats.dtype.kind != "f":
         raise StoreError(f"{where}: features must be floating point, got {feats.dtype}")
-    k = feats.shape[0]
-    if row.get("num_regions") is not None and _as_int(row["num_regions"], "num_regions", where) != k:
+    k = feats.shape[0]  # regions the arrays hold
+    real = k if row.get("num_regions") is None else _as_int(row["num_regions"], "num_regions", where)
+    fixed = settings.fixed_k
+    if real > k or (real < k and k != fixed):
         raise StoreError(f"{where}: num_regions is {row['num_regions']} but features have {k} rows")
-    if settings.fixed_k is not None and k != settings.fixed_k:
-        raise StoreError(f"{where}: {k} regions but the store's region policy is fixed K={settings.fixed_k}")
+    if fixed is not None and k > fixed:
+        raise StoreError(f"{where}: {k} regions but the store's region policy is fixed K={fixed}")
+    if fixed is not None and real < 1:
+        raise StoreError(f"{where}: the detector kept no region; a fixed-K store needs at least one")
     if settings.max_k is not None and k > settings.max_k:
         raise StoreError(f"{where}: {k} regions exceed the policy's max {settings.max_k}")
     if k > np.iinfo(np.int16).max:
@@ -204,9 +235,12 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
         bad = int(np.argwhere(~np.isfinite(stored))[0][0])
         raise StoreError(f"{where}: features of region {bad} are not finite (NaN/inf, or too large for "
                          f"{settings.feature_dtype}); fix the extractor or store float32")
+    pad = 0 if fixed is None else fixed - k  # fewer regions than K: padded, num_regions keeps the real count
+    if pad:
+        stored = np.concatenate([stored, np.zeros((pad, stored.shape[1]), dtype=stored.dtype)])
     out: dict[str, Any] = {"image_id": image_id, "file": file}  # a RegionRow once complete
     for name, dtype in SCALAR_FIELDS.items():
-        value = k if name == "num_regions" else row.get(name)
+        value = real if name == "num_regions" else row.get(name)
         if value is None:
             raise StoreError(f"{where}: field {name!r} is missing")
         value = _as_int(value, name, where)
@@ -227,14 +261,19 @@ def validate_row(row: Mapping[str, Any], settings: StoreSettings, *, where: str 
             raise StoreError(f"{where}: field {name!r} has shape {arr.shape}, expected {want}")
         if dtype.kind == "i" and arr.dtype.kind == "f":
             raise StoreError(f"{where}: field {name!r} must hold integers, got {arr.dtype}")
-        out[name] = np.ascontiguousarray(arr, dtype=dtype)
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+        if pad:
+            fill = np.full((pad, *arr.shape[1:]), PAD_ID if dtype.kind == "i" else 0, dtype=dtype)
+            arr = np.concatenate([arr, fill])
+        out[name] = arr
     out[FEATURES] = stored
     return out  # type: ignore[return-value]
 
 
 __all__ = ["ALL_FIELDS", "ARRAY_FIELDS", "DATA_DIR", "DEFAULT_CONF", "DETECTED_FIELDS", "DetectedRegions",
            "FAILURES_NAME", "FEATURES", "FEATURE_DTYPES", "FORMAT", "LABEL_FIELDS", "LOCK_NAME",
-           "MANIFEST_NAME", "OPTIONAL_FIELDS", "PART_PREFIX", "POLICY_KINDS", "READABLE_VERSIONS",
+           "MANIFEST_NAME", "OPTIONAL_FIELDS", "PAD_ID", "PART_PREFIX", "POLICY_KINDS", "READABLE_VERSIONS",
            "REGION_FIELDS", "RegionPolicy", "RegionRow", "SCALAR_FIELDS", "SCHEMA_VERSION", "STORAGES",
            "STRING_FIELDS", "StoreSettings", "all_finite", "geometry_from_boxes", "is_part_name",
-           "is_temp_name", "part_file", "part_name", "parts_dir", "validate_row"]
+           "is_temp_name", "part_file", "part_name", "parts_dir", "region_mask", "stored_counts",
+           "validate_row"]

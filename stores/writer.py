@@ -156,9 +156,9 @@ class RegionStoreWriter:
             recorded = StoreSettings.from_manifest(self.manifest)
             diffs = settings_mismatch(recorded, self.settings)
             if diffs:
-                raise StoreError(f"{self.path} was written with other settings; refusing to mix them in one "
-                                 "store:\n  " + "\n  ".join(diffs) + "\nuse a new store directory or the "
-                                 "store's settings")
+                raise StoreError(f"{self.path} was written with other settings (store -> this run); refusing "
+                                 "to mix them in one store:\n  " + "\n  ".join(diffs) + "\nuse a new store "
+                                 "directory or the store's settings")
         else:
             # A writer writes the manifest before its first part, so part files without a manifest
             # are not our crash debris (a deleted manifest?): refuse rather than delete data.

@@ -138,9 +138,25 @@ class RegionImages:
     def get(self, image_id: str) -> dict[str, Any]:
         """The store row of ``image_id`` as tensors, ``geometry`` always filled in."""
         row = self._dataset[self.index[image_id]]
+        if not bool(torch.isfinite(row["features"]).all()):
+            raise StoreError(f"region store {self.path}: image {image_id!r} has non-finite features (NaN or "
+                             "inf); the store was written outside itmflow's checks or is damaged; run "
+                             "`itmflow store verify` on it, and re-extract or re-import the image")
+        if row.get("geometry") is not None and not bool(torch.isfinite(row["geometry"]).all()):
+            raise StoreError(f"region store {self.path}: image {image_id!r} has non-finite box geometry; "
+                             "its image size is probably 0 (features imported without sizes): re-import "
+                             "with --images ROOT or --captions-json FILE")
         if row.get("geometry") is None:
-            k = int(row["num_regions"])
-            if row.get("boxes") is not None:
+            k = int(row["features"].shape[0])  # regions held (a padded fixed-K row holds K)
+            if row.get("boxes") is not None and not (int(row["width"]) > 0 and int(row["height"]) > 0):
+                if self.need_geometry:
+                    raise StoreError(
+                        f"region store {self.path}: image {image_id!r} has boxes but no image size "
+                        f"({int(row['width'])}x{int(row['height'])}), so TERN/TERAN's box geometry "
+                        "(x/W, y/H) cannot be computed; re-import the features with `itmflow store "
+                        "import --images ROOT` or `--captions-json FILE` (COCO annotations)")
+                row["geometry"] = torch.zeros(k, 5)
+            elif row.get("boxes") is not None:
                 row["geometry"] = torch.from_numpy(geometry_from_boxes(
                     row["boxes"].numpy(), int(row["width"]), int(row["height"])))
             elif self.need_geometry:
@@ -325,11 +341,15 @@ class MatchingData:
         self._have = set(self.images.ids)
         self.skipped: dict[str, int] = {}
         """Per split: captions dropped because their image is not in the region store."""
+        self.missing_images: dict[str, tuple[int, int]] = {}
+        """Per split: (images without regions in the region store, images of the split)."""
 
     def _rows_with_images(self, split: str) -> list[int]:
         rows = self.captions.rows_of(split)
         kept = [r for r in rows if self.captions.image_ids[r] in self._have]
         self.skipped[split] = len(rows) - len(kept)
+        images = {self.captions.image_ids[r] for r in rows}
+        self.missing_images[split] = (len(images - self._have), len(images))
         return kept
 
     def train_pairs(self, split: str = "train") -> TrainPairs:

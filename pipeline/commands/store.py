@@ -302,13 +302,19 @@ def import_cmd(
     collection_out: Optional[Path] = typer.Option(None, "--collection-out", help="Also write the collection "
                                                   "table (images + captions, FILE.parquet) for `itmflow "
                                                   "tokenize`."),
+    images: Optional[Path] = typer.Option(None, "--images", help="tern: images root; the image sizes "
+                                          "(for box geometry) are read from the files."),
+    captions_json: Optional[Path] = typer.Option(None, "--captions-json", help="tern: COCO annotation "
+                                                 "JSON holding images[].width/height (Karpathy / Flickr30k "
+                                                 "json has none: use --images)."),
 ) -> None:
     """Import features from the original tools' formats into a region store."""
     from stores.imports import import_store
 
     with _progress(f"importing {fmt}", None) as advance:
         source = import_store(src, fmt, out, storage=storage, feature_dtype=feature_dtype, split=split,
-                              rows_per_part=rows_per_part, progress=advance)
+                              rows_per_part=rows_per_part, progress=advance, images=images,
+                              captions_json=captions_json)
     typer.echo(f"imported {len(source.counts)} images ({fmt}) into {out}")
     if collection_out is not None:
         from pipeline.collections import CaptionRecord, ImageRecord, write_collection

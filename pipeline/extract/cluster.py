@@ -115,7 +115,7 @@ def _join(address: str, timeout: float) -> None:
         left = max(1.0, timeout - (time.monotonic() - start))
         try:
             probe = subprocess.run([sys.executable, "-c", _GCS_PROBE, f"{target[0]}:{target[1]}"],
-                                   capture_output=True, text=True, timeout=left)
+                                   capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=left)
         except subprocess.TimeoutExpired:
             raise refuse(f"no Ray GCS answered within {timeout:g} s") from None
         if probe.returncode != 0:

@@ -57,6 +57,10 @@ class ExtractSummary:
     retried_missing: int = 0
     """Images whose file was missing in an earlier run, exists now, and was tried again."""
     failures: list[dict[str, str]] = field(default_factory=list)
+    padded: int = 0
+    """Images of this run whose detector kept fewer regions than the store's fixed K: kept, their
+    rows padded to K (``num_regions`` holds the real count)."""
+    fixed_k: int | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -280,6 +284,7 @@ def run_extract(cfg: ExtractConfig, *, console: Console | None = None,
 def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any]], None] | None,
          signals: _Signals) -> ExtractSummary:
     out = Path(cfg.out)
+    check_store_settings(cfg, out)  # before anything, also when nothing is left to do
     collection, plan = plan_run(cfg)
     summary = ExtractSummary(store=out, selected=plan.selected, already_done=plan.already_done)
     start = time.perf_counter()
@@ -338,6 +343,7 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
                 plan = make_plan(images, committed=set(writer.committed_ids()), failed=failed,
                                  batch_size=cfg.batch_size, retry_failed=cfg.retry_failed)
                 summary.already_done = plan.already_done
+                summary.fixed_k = writer.settings.fixed_k
                 decode = ray.remote(decode_batch).options(num_cpus=shape.decode_cpus, max_retries=3)
                 _stream(plan, cfg, str(collection.images_root), decode, workers, writer, summary,
                         console, on_batch, signals)
@@ -349,6 +355,43 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
         summary.rows_in_store = len(writer.committed_ids())
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def check_store_settings(cfg: ExtractConfig, out: Path) -> None:
+    """Refuse a run whose settings differ from those of the existing store at ``out``, naming each
+    differing leaf (``detector.settings.min_size: 600 -> 300``).
+
+    Runs before the plan, so a complete store (nothing left to do) refuses other settings too
+    instead of exiting 0. It compares what the run's config knows without building the detector:
+    storage, feature dtype, region policy and every :class:`BUTDSettings` field, ``random_init``
+    and ``seed``; the writer compares the full detector block (weights hash included) once the
+    detector is built, when there is work left.
+    """
+    from stores.manifest import _leaf_diffs, load_manifest, manifest_path, MAX_LISTED_DIFFS
+
+    if not manifest_path(out).is_file():
+        return
+    manifest = load_manifest(out)
+    recorded_settings = (manifest.get("detector") or {}).get("settings") or {}
+    wanted_settings: dict[str, Any] = {**asdict(cfg.detector), "region_policy": cfg.region_policy().to_manifest(),
+                                       "random_init": bool(cfg.random_init)}
+    if cfg.random_init:
+        wanted_settings["seed"] = cfg.seed
+    recorded = {"storage": manifest.get("storage"), "feature_dtype": manifest.get("feature_dtype"),
+                "region_policy": manifest.get("region_policy"),
+                "detector": {"settings": {k: recorded_settings.get(k) for k in wanted_settings}}}
+    wanted = {"storage": cfg.storage, "feature_dtype": cfg.feature_dtype,
+              "region_policy": cfg.region_policy().to_manifest(), "detector": {"settings": wanted_settings}}
+    recorded = json.loads(json.dumps(recorded, sort_keys=True))
+    wanted = json.loads(json.dumps(wanted, sort_keys=True))
+    diffs: list[str] = []
+    _leaf_diffs("", recorded, wanted, diffs)
+    if diffs:
+        if len(diffs) > MAX_LISTED_DIFFS:
+            diffs = diffs[:MAX_LISTED_DIFFS] + [f"... and {len(diffs) - MAX_LISTED_DIFFS} more"]
+        raise StoreError(f"{out} was written with other settings (store -> this run); refusing to mix them "
+                         "in one store:\n  " + "\n  ".join(diffs) + "\nuse a new --out directory or the "
+                         "store's settings")
 
 
 def _note_failures(cfg: ExtractConfig, out: Path, collection: Any, plan: Plan,
@@ -436,6 +479,8 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                         result.failures.append(Failure(row["image_id"], row["file"], f"store: {exc}"))
                     else:
                         added += 1
+                        if summary.fixed_k is not None and int(row["num_regions"]) < summary.fixed_k:
+                            summary.padded += 1
                 if added and result.worker and result.worker not in part_workers:
                     part_workers.append(result.worker)
                     writer.part_extra = {"workers": list(part_workers)}
@@ -466,6 +511,9 @@ def _stream(plan: Plan, cfg: ExtractConfig, root: str, decode: Any, workers: _Wo
                     on_batch({"number": result.number, "pid": result.pid,
                               "processed": summary.processed, "failed": summary.failed})
         writer.commit()
+    if summary.padded:
+        console.print(f"[yellow]fewer regions than K={summary.fixed_k}: {summary.padded} images, padded "
+                      "(num_regions holds the real count; models mask the padding)[/]")
     if summary.failed:
         console.print(f"[yellow]{summary.failed} image(s) failed; reasons in "
                       f"{Path(cfg.out) / 'failures.jsonl'}[/]")

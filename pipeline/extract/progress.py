@@ -96,6 +96,8 @@ def summary_table(summary: Any) -> Table:
     table.add_row("processed now", str(summary.processed))
     table.add_row("already done", str(summary.already_done))
     table.add_row("failed now", str(summary.failed))
+    if getattr(summary, "padded", 0):
+        table.add_row(f"fewer regions than K={summary.fixed_k}", f"{summary.padded} images, padded")
     if getattr(summary, "skipped_failed", 0):
         table.add_row("failed before, skipped", f"{summary.skipped_failed} (--retry-failed retries them)")
     table.add_row("rows in store", str(summary.rows_in_store))

@@ -130,6 +130,10 @@ def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult
     files: list[str] = []
     img_vec = global_vectors(model, _without_files(loader, files), "images", device=dev,
                              progress=config.progress, console=console, total=len(loader))
+    from trainers.evaluation.run import refuse_non_finite
+
+    refuse_non_finite(img_vec, f"the image vectors of region store {config.regions}",
+                      "non-finite features or box geometry in the store, or a diverged checkpoint")
     sides = {"images": write_side(out, "images", {"image_id": list(store.ids), "file": files},
                                   img_vec, config.index)}
     tokenizer: dict[str, Any] = {}
@@ -145,6 +149,8 @@ def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult
                                 shuffle=False, collate_fn=CaptionCollator(("bert",)))
         cap_vec = global_vectors(model, cap_loader, "captions", device=dev,
                                  progress=config.progress, console=console)
+        refuse_non_finite(cap_vec, f"the caption vectors of caption store {config.captions}",
+                          "a diverged checkpoint")
         sides["captions"] = write_side(out, "captions", {
             "caption_id": [table.caption_ids[r] for r in rows],
             "image_id": [table.image_ids[r] for r in rows],

@@ -214,6 +214,13 @@ class EmbeddingDir:
             if index.ntotal != len(table):
                 raise InputFileError(f"{d / entry['faiss']}: {index.ntotal} vectors but "
                                      f"{entry['parquet']} has {len(table)} rows; re-run itmflow embed")
+            if not np.isfinite(vectors).all():
+                bad = int((~np.isfinite(vectors).all(axis=1)).sum())
+                raise InputFileError(
+                    f"{d / entry['parquet']}: {bad} {side} vector(s) are not finite (NaN/inf), so every "
+                    f"score against them is; embedded from region store {manifest.get('regions')!r}. Check "
+                    "that store (`itmflow store verify`; features imported without image sizes?) and re-run "
+                    "itmflow embed")
             sides[side] = SideIndex(table.drop(["vector"]), vectors, index)
         return cls(d, manifest, sides)
 

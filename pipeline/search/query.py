@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from itmflow.errors import ConfigError, TokenizerError
+from itmflow.errors import ConfigError, InputFileError, TokenizerError
 from pipeline.search.render import Hit
 
 if TYPE_CHECKING:
@@ -168,7 +168,13 @@ def search(config: SearchConfig, *, console: Any = None) -> SearchResult:
     if target not in TARGETS:
         raise ConfigError(f"--target must be images or captions, got {target!r}")
     side = emb.side(target)
+    if not np.isfinite(np.asarray(query_vec, dtype=np.float32)).all():
+        raise InputFileError(f"the query vector is not finite (NaN/inf); the model of {directory} gives NaN "
+                             f"(a diverged checkpoint?)")
     scores, idx = side.search(np.asarray(query_vec, dtype=np.float32), config.top)
+    if not np.isfinite(scores).all():
+        raise InputFileError(f"search scores against {directory} ({target}) are not finite (NaN/inf); "
+                             f"region store {emb.manifest.get('regions')!r}: re-run itmflow embed")
     hits: list[Hit] = []
     for rank, (s, i) in enumerate(zip(scores[0], idx[0]), start=1):
         if i < 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import base64
 import io
 import pickle
@@ -73,8 +75,12 @@ def test_tern_round_trip(tmp_path, adaptive):
     with np.load(tmp_path / "tern" / "bu_att" / "img0001.npz") as z:
         assert z["feat"].dtype == np.float32 and z["feat"].shape[1] == 2048
     assert np.load(tmp_path / "tern" / "bu_box" / "img0001.npy").shape[1] == 4
-    import_store(tmp_path / "tern", "tern", tmp_path / "back")
-    _compare(tmp_path / "back", store, ["boxes", "num_regions"])
+    # TERN's files carry no image size: taken from a COCO annotation file (else refused)
+    images = [{"id": r["image_id"], "file_name": r["image_id"] + ".jpg", "width": int(r["width"]),
+               "height": int(r["height"])} for r in open_region_store(store)]
+    (tmp_path / "coco.json").write_text(json.dumps({"images": images}), encoding="utf-8")
+    import_store(tmp_path / "tern", "tern", tmp_path / "back", captions_json=tmp_path / "coco.json")
+    _compare(tmp_path / "back", store, ["boxes", "num_regions", "width", "height", "geometry"])
 
 
 @pytest.mark.parametrize("adaptive", [False, True])

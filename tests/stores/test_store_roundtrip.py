@@ -69,8 +69,11 @@ def test_bad_rows_named(tmp_path):
         writer.add(bad)
     with pytest.raises(StoreError, match="duplicate image_id 'img0000'"):
         writer.add(rows[0])
-    short = dict(rows[1], features=rows[1]["features"][:20], num_regions=20)
+    long = dict(rows[1], features=np.concatenate([rows[1]["features"]] * 2)[:40], num_regions=40)
     with pytest.raises(StoreError, match="fixed K=36"):
+        writer.add(long)
+    short = dict(rows[1], features=rows[1]["features"][:20], num_regions=20)
+    with pytest.raises(StoreError, match="'boxes' has shape"):  # fewer regions are padded, not refused
         writer.add(short)
     nolabels = {k: v for k, v in rows[2].items() if k != "attr_conf"}
     with pytest.raises(StoreError, match="'attr_conf' is missing"):
@@ -91,7 +94,7 @@ def test_bad_rows_named(tmp_path):
 
 def test_settings_mismatch_names_field(tmp_path):
     write_store(tmp_path / "s", make_rows(2), dtype="float16")
-    with pytest.raises(StoreError, match=r"feature_dtype: store has \"float16\", this run asks for \"float32\""):
+    with pytest.raises(StoreError, match=r"feature_dtype: \"float16\" -> \"float32\""):
         RegionStoreWriter(tmp_path / "s", feature_dtype="float32", region_policy=FIXED, detector=DETECTOR)
     with pytest.raises(StoreError, match="detector"):
         RegionStoreWriter(tmp_path / "s", region_policy=FIXED, detector={"name": "other"})

@@ -193,8 +193,11 @@ def test_sgraf_needs_exactly_36_regions():
     model = tiny_sgraf("SGR").eval()
     with pytest.raises(ModelInputError, match="exactly 36 regions.*--regions 36"):
         model.encode_images(image_batch(2, 20, [20, 12]))
+    # a fixed-36 store's row whose detector kept 30 regions holds 36 (zero padded): taken as 36; a
+    # variable-K store is refused by its region policy (require_fixed_regions, train and evaluate)
+    model.encode_images(image_batch(2, 36, [36, 30]))
     with pytest.raises(ModelInputError, match="exactly 36"):
-        model.encode_images(image_batch(2, 36, [36, 30]))  # padded to 36 but one has 30
+        model.encode_images(image_batch(2, 40, [40, 30]))
     with pytest.raises(ModelInputError, match="region policy"):
         require_fixed_regions({"kind": "adaptive", "min": 10, "max": 100, "conf": 0.2}, 36, store="s")
     require_fixed_regions({"kind": "fixed", "k": 36}, 36, store="s")

@@ -96,6 +96,52 @@ class EvalResult:
     paths: dict[str, Path]
 
 
+#: Manifest keys that make two region stores the same features for a model (storage and schema do not).
+STORE_IDENTITY_KEYS = ("feature_dim", "detector", "region_policy")
+
+
+def trained_on_other_store(run: str | os.PathLike[str], manifest: dict[str, Any],
+                           regions: str | os.PathLike[str]) -> list[str]:
+    """Lines saying how region store ``regions`` (its ``manifest``) differs from the one the run was
+    trained on (``run.json``'s ``inputs.region_store``: detector with weights sha256 and settings,
+    feature_dim, region policy), leaf by leaf; empty when they agree or the run records none."""
+    import json
+
+    from stores.manifest import MAX_LISTED_DIFFS, _leaf_diffs
+
+    run = Path(run)
+    record = next((p / "run.json" for p in (run, run.parent) if (p / "run.json").is_file()), None)
+    if record is None:
+        return []
+    try:
+        inputs = json.loads(record.read_text(encoding="utf-8")).get("inputs") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [f"{record} cannot be read; the region store the run was trained on is unknown"]
+    trained = inputs.get("region_store") or {}
+    if not trained:
+        return []
+    diffs: list[str] = []
+    _leaf_diffs("", {k: trained.get(k) for k in STORE_IDENTITY_KEYS},
+                json.loads(json.dumps({k: manifest.get(k) for k in STORE_IDENTITY_KEYS})), diffs)
+    if not diffs:
+        return []
+    if len(diffs) > MAX_LISTED_DIFFS:
+        diffs = diffs[:MAX_LISTED_DIFFS] + [f"... and {len(diffs) - MAX_LISTED_DIFFS} more"]
+    return [f"region store {regions} is not the one {run} was trained on ({inputs.get('regions')}); "
+            "trained on -> evaluated on:", *[f"  {d}" for d in diffs]]
+
+
+def refuse_non_finite(values: np.ndarray, what: str, cause: str) -> None:
+    """Raise :class:`~itmflow.errors.ItmflowError` when ``values`` hold NaN or inf, naming
+    ``what`` (the store or file) and the likely ``cause``, instead of a table of NaN metrics."""
+    from itmflow.errors import ItmflowError
+
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ItmflowError(f"{bad} of {values.size} values of {what} are not finite (NaN/inf); refusing to "
+                           f"report metrics from them. Likely cause: {cause}")
+
+
 def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResult:
     """Score the split with every source, compute Recall@K / rsum / NDCG@25, write the report.
 
@@ -138,6 +184,10 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     needs = union_of_needs(specs)    # ensembles of different models need the union of fields
     data = MatchingData(config.regions, config.captions,
                         model=specs[0].name if specs else "tern", needs=needs)
+    from trainers.training.model import check_region_policy
+
+    for model in models:  # SGRAF: a fixed-36 store (rows with fewer regions are padded to 36)
+        check_region_policy(model, data)
     evalset = data.eval_set(config.split, max_images=config.max_images)
     n_img = len(evalset.image_ids)
     if n_img % config.folds:
@@ -155,6 +205,14 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     if data.skipped.get(config.split):
         console.print(f"[yellow]{data.skipped[config.split]} caption(s) of split "
                       f"{config.split!r} have no image in the region store and are left out[/yellow]")
+    missing, total = data.missing_images.get(config.split, (0, 0))
+    if missing:
+        console.print(f"[yellow]region store {config.regions} lacks {missing} of the {total} images of split "
+                      f"{config.split!r} in the caption store: they are left out, so these numbers are not "
+                      "those of the full split[/yellow]")
+    if config.run is not None:
+        for line in trained_on_other_store(config.run, data.images.manifest, config.regions):
+            console.print(f"[yellow]{line}[/yellow]")
 
     # -- similarities --------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -169,8 +227,13 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
         matrices.append(score_matrix(model, img_loader, cap_loader, device=dev,
                                      max_memory_gb=config.max_memory_gb, buffer_dtype=dtype,
                                      progress=config.progress, console=console))
+        refuse_non_finite(matrices[-1], f"the scores of {model.kind} ({src}) on region store {config.regions}",
+                          "non-finite features or box geometry in the store (image sizes 0 after "
+                          "`store import --format tern` without --images / --captions-json?) or a diverged "
+                          "checkpoint; run `itmflow store verify` on the store")
     for s in config.sims:
         matrices.append(load_sims(s, n_img, n_cap))
+        refuse_non_finite(matrices[-1], f"the similarity file {s}", "it was saved from a run that scored NaN")
     sims = matrices[0] if len(matrices) == 1 else ensemble(matrices)
     timings["score"] = time.perf_counter() - t0
     if config.save_sims is not None:

@@ -332,8 +332,17 @@ class SGRAF(MatchingModel):
 
 
 def check_regions(k: int, num_regions: Tensor | None, expected: int = 36) -> None:
-    """Raise :class:`ModelInputError` unless every image has exactly ``expected`` regions."""
-    counts = {int(k)} if num_regions is None else {int(n) for n in num_regions.tolist()} | {int(k)}
+    """Raise :class:`ModelInputError` unless every image holds exactly ``expected`` regions.
+
+    A row of a fixed-K store whose detector kept fewer regions is padded to K (zero features) and
+    counts here as K: SGRAF has no region mask (VisualSA's BatchNorm1d(36) normalises over the
+    region axis and the text-to-image attention runs over every region), so it takes the padding as
+    regions with zero features, exactly as the authors' code takes the zero rows of a SCAN precomp
+    array. Only more than ``expected`` regions, or a batch narrower than ``expected``, is refused.
+    """
+    counts = {int(k)}
+    if num_regions is not None and bool((num_regions > k).any()):
+        counts |= {int(n) for n in num_regions.tolist()}
     if counts != {expected}:
         raise ModelInputError(
             f"SGRAF needs exactly {expected} regions per image (VisualSA's BatchNorm1d has one "
