@@ -24,6 +24,11 @@ def _param_type(ctx, param) -> str:
     """The type as `--help` shows it: typer's own display type, else click's type name."""
     if getattr(param, "is_flag", False) and not getattr(param, "count", False):
         return "flag"
+    rich = getattr(param, "display_type_rich", None)
+    if callable(rich) and getattr(param, "param_type_name", "") == "option":
+        shown = rich(ctx)  # the metavar `--help` shows (pipeline/commands/_common.py)
+        if shown:
+            return _cell(shown.replace("|", " | "))
     display = getattr(param, "display_type", None)
     if callable(display):  # typer >= 0.2x (its vendored click)
         text = str(display(ctx)).strip("<>")

@@ -150,7 +150,7 @@ def test_image_query_returns_captions_and_errors_are_clear(embedded: Path) -> No
     caps = emb.side("captions")
     best = caps.row(int(np.argmax(caps.vectors @ q)))["caption_id"]
     assert best in res.output
-    assert (embedded / "search-test-0002.png").is_file()
+    assert (embedded / "search-image-test-0002-captions.png").is_file()
     res = CliRunner().invoke(app, ["search", str(embedded), "--image", "nope"])
     assert isinstance(res.exception, InputFileError) and "nope" in str(res.exception)
     res = CliRunner().invoke(app, ["search", str(embedded)])

@@ -30,7 +30,7 @@ stages:
   - name: ingest
     run: ingest
     args: ["${{workdir}}/images"]
-    options: {{format: folder, out: "${{workdir}}/collection.parquet"}}
+    options: {{format: folder, out: "${{workdir}}/collection.parquet", force: true}}
     outputs: ["${{workdir}}/collection.parquet"]
   - name: future
     run: no-such-command
@@ -78,7 +78,7 @@ def test_variables_overrides_and_errors(tmp_path):
     train = next(s for s in flow.stages if s.name == "train")
     assert train.when is True and flow.workdir == Path("elsewhere")
     assert flow.stages[1].argv() == ["ingest", "elsewhere/images", "--format", "folder",
-                                     "--out", "elsewhere/collection.parquet"]
+                                     "--out", "elsewhere/collection.parquet", "--force"]
     with pytest.raises(ConfigError, match="no variable 'nope'"):
         load_workflow(path, {"nope": 1})
     with pytest.raises(ConfigError, match="key=value"):
