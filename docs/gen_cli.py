@@ -32,6 +32,11 @@ def _param_type(ctx, param) -> str:
     display = getattr(param, "display_type", None)
     if callable(display):  # typer >= 0.2x (its vendored click)
         text = str(display(ctx)).strip("<>")
+        if text.startswith("list[") and text.endswith("]"):
+            text = text[5:-1]
+        # click's words, as `--help` shows them (pipeline/commands/_common.py), not Python's
+        text = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH",
+                "Path": "PATH"}.get(text, text)
         return _cell(text.replace("|", " | ")) if "|" in text else f"`{text}`"
     t = getattr(param, "type", None)
     choices = getattr(t, "choices", None)

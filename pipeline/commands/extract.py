@@ -70,8 +70,15 @@ def extract(
     if random_init:
         console.print("[bold red]--random-init: the detector has random weights; the features "
                       "are meaningless (use --weights for real ones).[/]")
+    import contextlib
+    import sys
+
+    # Ray forwards its workers' output to the driver's stdout: with --json, stdout carries only
+    # the one document, so everything else goes to stderr while the job runs
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        summary = run_extract(cfg, console=console)
+        with quiet:
+            summary = run_extract(cfg, console=console)
     except ExtractInterrupted as stop:
         typer.echo(str(stop), err=True)
         raise typer.Exit(stop.exit_code) from None

@@ -64,6 +64,14 @@ def test_stages_run_then_skip_until_an_input_changes(tmp_path):
     # a changed input (a caption edited) makes the ingest stage run again
     captions = tmp_path / "work" / "images" / "captions.jsonl"
     captions.write_text(captions.read_text().replace("smiling woman", "smiling cosmonaut"))
+    # --dry-run says so without running it
+    before = table.read_bytes()
+    res = CliRunner().invoke(app, ["run", str(_write(tmp_path)), "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    planned = {s["name"]: s["status"] for s in json.loads(res.stdout)["stages"]}
+    assert planned == {"photos": "skipped", "ingest": "would run", "future": "unavailable",
+                       "train": "off"}
+    assert table.read_bytes() == before
     third = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)), COMMANDS)}
     assert third["photos"] == "skipped" and third["ingest"] == "ran"
     from pipeline.collections import read_collection
