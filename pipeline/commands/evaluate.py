@@ -16,8 +16,8 @@ import typer
 
 
 def evaluate_command(
-    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory of `itmflow train` (evaluates "
-                                         "its best/ checkpoint)."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run directory of `itmflow "
+                                         "train` (evaluates its best/ checkpoint)."),
     checkpoint: list[str] = typer.Option([], "--checkpoint", metavar="PATH|NAME|URL", help="Model directory (ours), "
                                          "authors' .pth(.tar), a name from `itmflow weights "
                                          "list` or a URL; repeat to ensemble (SGR + SAF = SGRAF)."),
@@ -55,8 +55,9 @@ def evaluate_command(
                                               help="Deprecated spelling of --loader-workers."),
     max_images: Optional[int] = typer.Option(None, "--max-images", metavar="N", help="Evaluate only the first "
                                              "N images of the split (quick checks)."),
-    kind: Optional[Literal["tern", "teran", "sgraf"]] = typer.Option(None, "--kind", help="Kind of an authors' checkpoint "
-                                       "(tern, teran, sgraf) when it cannot be detected."),
+    kind: Optional[Literal["tern", "teran", "sgraf", "sgraf-sgr", "sgraf-saf"]] = typer.Option(
+        None, "--kind", help="Kind of an authors' checkpoint when it cannot be detected "
+        "(sgraf-sgr / sgraf-saf read as sgraf)."),
     bert: Optional[str] = typer.Option(None, "--bert", metavar="DIR", help="Local BERT directory describing the "
                                        "architecture of an authors' TERN/TERAN checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
