@@ -24,9 +24,19 @@ def _param_type(ctx, param) -> str:
     """The type as `--help` shows it: typer's own display type, else click's type name."""
     if getattr(param, "is_flag", False) and not getattr(param, "count", False):
         return "flag"
+    rich = getattr(param, "display_type_rich", None)
+    if callable(rich) and getattr(param, "param_type_name", "") == "option":
+        shown = rich(ctx)  # the metavar `--help` shows (pipeline/commands/_common.py)
+        if shown:
+            return _cell(shown.replace("|", " | "))
     display = getattr(param, "display_type", None)
     if callable(display):  # typer >= 0.2x (its vendored click)
         text = str(display(ctx)).strip("<>")
+        if text.startswith("list[") and text.endswith("]"):
+            text = text[5:-1]
+        # click's words, as `--help` shows them (pipeline/commands/_common.py), not Python's
+        text = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH",
+                "Path": "PATH"}.get(text, text)
         return _cell(text.replace("|", " | ")) if "|" in text else f"`{text}`"
     t = getattr(param, "type", None)
     choices = getattr(t, "choices", None)

@@ -13,6 +13,7 @@ import typer
 
 from itmflow import __version__
 from itmflow.errors import ItmflowError
+from pipeline.commands._common import polish
 from pipeline.commands import (
     detect,
     embed,
@@ -56,6 +57,7 @@ def _root(
 
 for _module in (ingest, detect, extract, tokenize, store, train, evaluate, embed, serve, weights, run):
     _module.register(app)
+polish(app)
 
 
 def main() -> None:

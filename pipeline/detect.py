@@ -44,7 +44,8 @@ class DetectConfig:
     detector: BUTDSettings = field(default_factory=BUTDSettings)
     """Everything that changes the regions: ``regions`` (fixed K 36 or adaptive MIN-MAX 10-100),
     ``selection`` (caffe or maxnms), ``precision``, ``min_size`` / ``max_size``, proposals."""
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:1, ..."""
     out: PathLike | None = None
     """Write ``{image stem}.npz`` per image (store field names)."""
     visualize: PathLike | None = None
@@ -96,8 +97,13 @@ def detect(config: DetectConfig) -> DetectResult:
     from itmflow.files import atomic_write_bytes
 
     config.validate()
+    device = config.device
+    if device == "auto":
+        from itmflow.devices import resolve_device
+
+        device = str(resolve_device(device))
     detector = build_detector(config.weights, config.detector, random_init=config.random_init,
-                              seed=config.seed, device=config.device, vocab_dir=config.vocab)
+                              seed=config.seed, device=device, vocab_dir=config.vocab)
     source = "RANDOM WEIGHTS (seed %d)" % config.seed if config.random_init else \
         f"{detector.weights_file} ({detector.weights_layout}, sha256 {detector.weights_sha256[:12]}…)"
     result = DetectResult(detector=detector, source=source)

@@ -196,6 +196,43 @@ def load_workflow(path: str | os.PathLike[str], overrides: dict[str, Any] | None
                     stages=stages, workdir=workdir)
 
 
+#: The workflows shipped with itmflow (package data: ``workflows/*.yaml``).
+BUNDLED_DIR = Path(__file__).resolve().parent
+
+
+def bundled_workflows() -> dict[str, Path]:
+    """Name → file of every bundled workflow (``sample``, ``coco``, ``flickr30k``, ``folder``)."""
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.yaml"))}
+
+
+def resolve_workflow(spec: str | os.PathLike[str]) -> Path:
+    """A workflow file: ``spec`` itself when it is a file, else the bundled workflow of that name."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    bundled = bundled_workflows()
+    if str(spec) in bundled:
+        return bundled[str(spec)]
+    raise ConfigError(f"workflow {str(spec)!r} is neither a file nor a bundled workflow; the "
+                      f"bundled ones are {', '.join(bundled)} (`itmflow run --list`)")
+
+
+def describe_workflow(path: Path) -> dict[str, Any]:
+    """Name, description (``description:`` or the file's first comment line) and variables with
+    their defaults, without substituting anything."""
+    data = load_yaml(path)
+    description = data.get("description")
+    if not description:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#"):
+                description = line.lstrip("#").strip()
+                break
+    return {"name": str(data.get("name") or path.stem), "file": str(path),
+            "description": description or "", "vars": dict(data.get("vars") or {}),
+            "stages": [str(s.get("name") or s.get("run")) for s in data.get("stages") or []
+                       if isinstance(s, dict)]}
+
+
 def _fingerprint_path(path: Path) -> str:
     if path.is_file():
         return sha256_file(path)
@@ -244,8 +281,11 @@ def _builtin_stage(stage: Stage) -> Callable[[], None] | None:
 
 
 def run_workflow(workflow: Workflow, commands: Commands, *, force: bool = False,
-                 console: Console | None = None) -> list[StageOutcome]:
-    """Run the stages in order with ``commands`` (the CLI's); returns one outcome per stage."""
+                 console: Console | None = None, dry_run: bool = False) -> list[StageOutcome]:
+    """Run the stages in order with ``commands`` (the CLI's); returns one outcome per stage.
+
+    ``dry_run``: run nothing; each stage that would run gets the status ``would run`` (the
+    others ``skipped`` / ``off`` / ``unavailable`` as in a real run)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -277,6 +317,11 @@ def run_workflow(workflow: Workflow, commands: Commands, *, force: bool = False,
                 outcomes.append(StageOutcome(stage.name, "skipped", argv=argv))
                 console.print(f"[green]✓ {stage.name}: already done[/] [dim](stamp {stamp})[/]")
                 continue
+        if dry_run:
+            outcomes.append(StageOutcome(stage.name, "would run", argv=argv))
+            console.print(f"[bold]▷ {stage.name}: would run[/] itmflow {' '.join(argv)}"
+                          if builtin is None else f"[bold]▷ {stage.name}: would run[/]")
+            continue
         console.print(f"[bold]▶ {stage.name}:[/] itmflow {' '.join(argv)}"
                       if builtin is None else f"[bold]▶ {stage.name}[/]")
         start = time.perf_counter()

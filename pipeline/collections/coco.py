@@ -48,6 +48,23 @@ def karpathy_order(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
     return splits, order
 
 
+def looks_like_karpathy(doc: object) -> bool:
+    """A Karpathy split file (``dataset_coco.json``: images with sentences / split / filepath, no
+    annotations) rather than an official COCO caption file."""
+    if not isinstance(doc, dict) or "annotations" in doc:
+        return False
+    images = doc.get("images")
+    first = images[0] if isinstance(images, list) and images else None
+    return isinstance(first, dict) and "sentences" in first and ("split" in first or "filepath" in first)
+
+
+def _refuse_karpathy(doc: object, path: Path) -> None:
+    if looks_like_karpathy(doc):
+        raise InputFileError(f"{path}: this looks like a Karpathy split file: use --format karpathy "
+                             "(its images carry sentences, split and filepath; a COCO caption "
+                             "file has annotations)")
+
+
 def read_coco(source: str | Path, images_root: str | Path | None = None,
               karpathy: str | Path | None = None) -> AdapterResult:
     """Read one COCO caption file or a folder of them; ``karpathy`` assigns splits and order."""
@@ -66,6 +83,7 @@ def read_coco(source: str | Path, images_root: str | Path | None = None,
     for path in files:
         doc = load_json(path, what="COCO caption file")
         name = path.name
+        _refuse_karpathy(doc, path)
         match = _SUBSET.search(name)
         subset = match.group(1) if match and (root / match.group(1)).is_dir() else ""
         for i, image in enumerate(field(doc, "images", list, name)):

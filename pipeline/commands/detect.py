@@ -6,7 +6,7 @@ Options → :class:`pipeline.detect.DetectConfig` → :func:`pipeline.detect.det
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -22,30 +22,36 @@ def register(app: typer.Typer) -> None:
 
 
 def detect(
-    images: list[Path] = typer.Argument(..., help="Image files to run the detector on."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files to run the detector on."),
     weights: Optional[str] = typer.Option(
-        None, "--weights", help="BUTD checkpoint: MILVLG .pth, airsplay .pkl, HF directory "
+        None, "--weights", metavar="FILE|NAME", help="BUTD checkpoint: MILVLG .pth, airsplay .pkl, HF directory "
                                 "(pytorch_model.bin + config.yaml), a name from `itmflow weights "
                                 "list`, a URL or a hub id."),
     random_init: bool = typer.Option(False, "--random-init",
                                      help="Seeded random weights instead of a checkpoint (smoke runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
-    vocab: Optional[Path] = typer.Option(
-        None, "--vocab", help="Directory with objects_vocab.txt and attributes_vocab.txt "
-                              "(default: next to the weights, else the shipped VG lists)."),
-    regions: str = typer.Option("36", "--regions", help="Fixed K (36) or adaptive MIN-MAX (10-100)."),
-    selection: str = typer.Option("caffe", "--selection",
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", metavar="DIR", help="Visual Genome label folder: objects_vocab.txt and "
+        "attributes_vocab.txt (default: next to the weights, else the shipped VG lists)."),
+    vocab_old: Optional[Path] = typer.Option(None, "--vocab", hidden=True,
+                                             help="Deprecated spelling of --labels."),
+    regions: str = typer.Option("36", "--regions", metavar="K|MIN-MAX", help="Fixed K (36) or adaptive MIN-MAX (10-100)."),
+    selection: Literal["caffe", "maxnms"] = typer.Option("caffe", "--selection",
                                   help="caffe (generate_tsv.py, proposal boxes) or maxnms "
                                        "(airsplay/HF, regressed boxes)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE",
+                               help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."),
+    precision: Literal["fp32", "bf16", "fp16"] = typer.Option(
+        "fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
     min_size: int = typer.Option(600, "--min-size", help="Short side after resizing."),
     max_size: int = typer.Option(1000, "--max-size", help="Longest side after resizing."),
     post_nms_topk: int = typer.Option(300, "--proposals", help="RPN proposals kept after NMS."),
-    out: Optional[Path] = typer.Option(None, "--out",
-                                       help="Write {image stem}.npz per image (store field names)."),
-    visualize: Optional[Path] = typer.Option(None, "--visualize",
-                                             help="Write {image stem}.png with boxes and labels."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="Directory: write STEM.npz per image (store field names)."),
+    visualize: Optional[Path] = typer.Option(None, "--visualize", metavar="DIR",
+                                             help="Directory: write STEM.png with boxes and labels."),
+    force: bool = typer.Option(False, "--force", help="Replace STEM.npz / STEM.png files already "
+                               "in --out / --visualize."),
 ) -> None:
     """Run the bottom-up-attention detector on IMAGES and summarise each image's regions."""
     import numpy as np
@@ -54,13 +60,23 @@ def detect(
 
     from detectors.butd.settings import BUTDSettings
     from itmflow.errors import ItmflowError
+    from pipeline.commands._common import pick
     from pipeline.detect import DetectConfig, detect
+
+    labels = pick(labels, vocab_old, "--vocab", "--labels")
+    for option, folder, suffix in (("--out", out, ".npz"), ("--visualize", visualize, ".png")):
+        clash = [folder / (Path(i).stem + suffix) for i in images] if folder is not None else []
+        clash = [c for c in clash if c.exists()]
+        if clash and not force:
+            raise ItmflowError(f"{option} {folder} already holds {clash[0].name}"
+                               f"{f' and {len(clash) - 1} more' if len(clash) > 1 else ''}; "
+                               "pass --force to replace them")
 
     settings = BUTDSettings(min_size=min_size, max_size=max_size, regions=regions, selection=selection,
                             pre_nms_topk=max(6000, post_nms_topk), post_nms_topk=post_nms_topk,
                             precision=precision)
     cfg = DetectConfig(images=list(images), weights=weights, random_init=random_init, seed=seed,
-                       vocab=vocab, detector=settings, device=device, out=out,
+                       vocab=labels, detector=settings, device=device, out=out,
                        visualize=visualize).validate()
     err = Console(stderr=True)
     if random_init:

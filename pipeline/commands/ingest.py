@@ -4,19 +4,20 @@ the collection table and a problem report, print a summary."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
 from itmflow.errors import CollectionError, ConfigError
 
 
-def _print_summary(summary: dict[str, Any], problems: list, report: Path, out: Path) -> None:
+def _print_summary(summary: dict[str, Any], problems: list, report: Path, out: Path,
+                   to_stderr: bool = False) -> None:
     """Two rich tables: the numbers, then the first problems."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(stderr=to_stderr)
     table = Table(title=f"collection {out.name} ({summary['source_format']})", show_header=False)
     table.add_column("what")
     table.add_column("value")
@@ -43,20 +44,26 @@ def _print_summary(summary: dict[str, Any], problems: list, report: Path, out: P
 
 
 def ingest(
-    source: Path = typer.Argument(..., help="Karpathy JSON, COCO caption JSON (or its folder), Flickr30k "
+    source: Path = typer.Argument(..., metavar="SOURCE", help="Karpathy JSON, COCO caption JSON (or its folder), Flickr30k "
                                             ".token/.csv, or the image folder."),
-    fmt: str = typer.Option(..., "--format", help="karpathy | coco | flickr30k | folder"),
-    images: Optional[Path] = typer.Option(None, "--images", help="Images root the file names are relative "
+    fmt: Literal["karpathy", "coco", "flickr30k", "folder"] = typer.Option(
+        ..., "--format", help="What SOURCE is: a Karpathy split JSON (dataset_coco.json ...), an "
+        "official COCO caption file, Flickr30k captions, or a folder of images."),
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="Images root the file names are relative "
                                           "to (default: beside SOURCE; for folder: SOURCE)."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help="folder only: captions .jsonl or .csv "
+    captions: Optional[Path] = typer.Option(None, "--captions", metavar="FILE", help="folder only: captions .jsonl or .csv "
                                             "(default: captions.jsonl / captions.csv in the folder)."),
-    karpathy: Optional[Path] = typer.Option(None, "--karpathy", help="coco / flickr30k: Karpathy split JSON "
+    karpathy: Optional[Path] = typer.Option(None, "--karpathy", metavar="JSON", help="coco / flickr30k: Karpathy split JSON "
                                             "assigning train/restval/val/test."),
-    out: Path = typer.Option(..., "--out", help="Collection table to write (.parquet)."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="Collection table to write: one "
+                             "file, ending in .parquet."),
     check_images: bool = typer.Option(False, "--check-images", help="Decode every image and count the "
                                       "unreadable ones (slow for big collections)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Problem report (.json with summary, or "
+    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="Problem report (.json with summary, or "
                                           ".jsonl one problem per line; default: OUT with .report.json)."),
+    force: bool = typer.Option(False, "--force", help="Replace the collection table already at --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document on "
+                                 "stdout (the tables go to stderr)."),
 ) -> None:
     """Read a collection, validate it and write the collection table (one row per image)."""
     from itmflow.files import sha256_file
@@ -64,8 +71,11 @@ def ingest(
     from pipeline.collections.table import write_collection
     from pipeline.collections.validate import check_files, summarize, write_report
 
+    from pipeline.commands._common import print_json, refuse_existing
+
     if out.suffix != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet")
+    refuse_existing(out, force, what="a collection table")
     result = read_source(fmt, source, images_root=images, captions=captions, karpathy=karpathy)
     if not result.builder.images:
         raise CollectionError(f"{source}: no images found (format {fmt}); check SOURCE and --format")
@@ -77,8 +87,11 @@ def ingest(
     counts = {k: v for k, v in summary.items() if k not in ("notes", "images_root")}
     write_collection(out, result.builder.images, result.builder.captions, source_format=fmt,
                      images_root=result.images_root, extra={"sources": sources, "summary": counts})
-    _print_summary(summary, result.builder.problems, report_path, out)
-    typer.echo(f"wrote {out} and {report_path}")
+    _print_summary(summary, result.builder.problems, report_path, out, to_stderr=as_json)
+    typer.echo(f"wrote {out} and {report_path}", err=as_json)
+    if as_json:
+        print_json({"collection": str(out), "report": str(report_path), "source": str(source),
+                    "problems": len(result.builder.problems), **summary})
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import typer
 
@@ -13,6 +13,7 @@ store_app = typer.Typer(help="Inspect, verify, convert, export and import region
                         no_args_is_help=True)
 
 _FORMATS = "scan-precomp | tern | butd-tsv | milvlg-npz"
+Format = Literal["scan-precomp", "tern", "butd-tsv", "milvlg-npz"]
 
 
 @contextmanager
@@ -186,14 +187,21 @@ def _shape_text(summary: dict) -> str:
 
 @store_app.command("inspect")
 def inspect_cmd(
-    store: Path = typer.Argument(..., help="Store directory (region store or caption store)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the summary as JSON to this file."),
+    store: Path = typer.Argument(..., metavar="STORE", help="Store directory (region store or caption store)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Also write the summary as JSON to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document on stdout instead of a table."),
 ) -> None:
     """Summarise a store: storage, rows, regions, dtype, detector, parts, size."""
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.commands._common import print_json
+
     summary = store_summary(store)
+    if as_json:
+        _write_json(out, summary)
+        print_json(summary)
+        return
     table = Table(title=f"{summary['kind']} store {store}", show_header=False)
     for key, value in summary.items():
         if key in ("kind", "store", "parts_without_worker_shape"):
@@ -214,9 +222,9 @@ def inspect_cmd(
 
 @store_app.command("verify")
 def verify_cmd(
-    store: Path = typer.Argument(..., help="Region store directory."),
+    store: Path = typer.Argument(..., metavar="STORE", help="Region store directory."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of every part (faster)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write the report as JSON to this file."),
 ) -> None:
     """Check every part (sha256, schema, rows, duplicate ids, non-finite features). Exit 0 when sound,
     1 with a message naming each bad part otherwise."""
@@ -249,10 +257,11 @@ def verify_cmd(
 
 @store_app.command("convert")
 def convert_cmd(
-    src: Path = typer.Argument(..., help="Source region store."),
-    dst: Path = typer.Argument(..., help="Destination directory (new, or a partial conversion to resume)."),
-    to: Optional[str] = typer.Option(None, "--to", help="Target storage: parquet | hdf5 (default: the "
-                                     "source's, e.g. to upgrade a schema-1 store to schema 2)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Source region store."),
+    dst: Path = typer.Argument(..., metavar="DST", help="Destination directory (new, or a partial conversion to resume)."),
+    to: Optional[Literal["parquet", "hdf5"]] = typer.Option(None, "--to", help="Target storage (default: "
+                                                            "the source's, e.g. to upgrade a schema-1 "
+                                                            "store to schema 2)."),
 ) -> None:
     """Copy a store into the other storage, or upgrade a schema-1 store to the current layout
     (schema 2); every value is kept bit for bit."""
@@ -271,18 +280,22 @@ def convert_cmd(
 
 @store_app.command("export")
 def export_cmd(
-    store: Path = typer.Argument(..., help="Region store to export."),
-    fmt: str = typer.Option(..., "--format", help=f"Output format: {_FORMATS}."),
-    out: Path = typer.Option(..., "--out", help="Output directory."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Caption store: writes {split}_caps.txt "
+    store: Path = typer.Argument(..., metavar="STORE", help="Region store to export."),
+    fmt: Format = typer.Option(..., "--format", help="Output format."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Output directory."),
+    captions: Optional[Path] = typer.Option(None, "--captions", metavar="DIR", help="Caption store: writes {split}_caps.txt "
                                             "(scan-precomp) and selects the images of --split."),
-    split: str = typer.Option("train", "--split", help="Split name used in file names (scan-precomp, "
+    split: str = typer.Option("train", "--split", metavar="SPLIT", help="Split name used in file names (scan-precomp, "
                               "butd-tsv) and, with --captions, to select images (train = train+restval, "
                               "dev = val, test/testall = test)."),
+    force: bool = typer.Option(False, "--force", help="Write into --out even when it already holds files."),
 ) -> None:
     """Export features for the original tools (SCAN/SGRAF, TERN/TERAN, Caffe TSV, MILVLG npz)."""
+    from pipeline.commands._common import refuse_existing
     from stores.exports import export_store
     from stores.manifest import load_manifest
+
+    refuse_existing(out, force, what="files")
 
     with _progress(f"exporting {fmt}", int(load_manifest(store).get("num_rows", 0))) as advance:
         summary = export_store(store, fmt, out, captions=captions, split=split, progress=advance)
@@ -291,20 +304,20 @@ def export_cmd(
 
 @store_app.command("import")
 def import_cmd(
-    src: Path = typer.Argument(..., help="Source file or folder in the given format."),
-    fmt: str = typer.Option(..., "--format", help=f"Input format: {_FORMATS}."),
-    out: Path = typer.Option(..., "--out", help="Region store to create (or resume)."),
-    split: str = typer.Option("train", "--split", help="Split to read (SCAN {split}_ims.npy) and to record."),
-    storage: str = typer.Option("parquet", "--storage", help="Store storage: parquet | hdf5."),
-    feature_dtype: str = typer.Option("float32", "--feature-dtype", help="float32 keeps the source values "
+    src: Path = typer.Argument(..., metavar="SRC", help="Source file or folder in the given format."),
+    fmt: Format = typer.Option(..., "--format", help="Input format."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Region store to create (or resume)."),
+    split: str = typer.Option("train", "--split", metavar="SPLIT", help="Split to read (SCAN {split}_ims.npy) and to record."),
+    storage: Literal["parquet", "hdf5"] = typer.Option("parquet", "--storage", help="Store storage."),
+    feature_dtype: Literal["float32", "float16"] = typer.Option("float32", "--feature-dtype", help="float32 keeps the source values "
                                       "exactly; float16 halves the size."),
-    rows_per_part: int = typer.Option(512, "--rows-per-part", help="Images per committed part."),
-    collection_out: Optional[Path] = typer.Option(None, "--collection-out", help="Also write the collection "
+    rows_per_part: int = typer.Option(512, "--rows-per-part", metavar="N", help="Images per committed part."),
+    collection_out: Optional[Path] = typer.Option(None, "--collection-out", metavar="FILE", help="Also write the collection "
                                                   "table (images + captions, FILE.parquet) for `itmflow "
                                                   "tokenize`."),
-    images: Optional[Path] = typer.Option(None, "--images", help="tern: images root; the image sizes "
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="tern: images root; the image sizes "
                                           "(for box geometry) are read from the files."),
-    captions_json: Optional[Path] = typer.Option(None, "--captions-json", help="tern: COCO annotation "
+    captions_json: Optional[Path] = typer.Option(None, "--captions-json", metavar="FILE", help="tern: COCO annotation "
                                                  "JSON holding images[].width/height (Karpathy / Flickr30k "
                                                  "json has none: use --images)."),
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
@@ -53,8 +53,9 @@ def train_command(
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N iterations "
                                             "(0: at epoch ends only)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Training processes: N > 1 runs the "
+    device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto (the "
+                                         "default), cpu, cuda, cuda:1, ..."),
+    workers: int = typer.Option(1, "--workers", min=1, metavar="N", help="Training processes: N > 1 runs the "
                                 "loop as a Ray Train job on N workers, each taking a 1/N slice of "
                                 "every batch (same optimisation as 1 process); 1 = in-process."),
     gpus_per_worker: Optional[float] = typer.Option(
@@ -68,22 +69,27 @@ def train_command(
         "(shared across machines; default OUT/.ray)."),
     max_failures: int = typer.Option(3, "--max-failures", min=0, help="Restart the workers from "
                                      "the last checkpoint at most this many times."),
-    loader_workers: Optional[int] = typer.Option(None, "--loader-workers",
+    loader_workers: Optional[int] = typer.Option(None, "--loader-workers", metavar="N",
                                                  help="DataLoader worker processes per training "
                                                  "process (config key `workers`)."),
     bert: Optional[str] = typer.Option(None, "--bert", help="BERT directory (config.json + "
                                        "model.safetensors + vocab.txt) or hub id for TERN/TERAN "
                                        "(default bert-base-uncased, from the HF cache)."),
-    vocab: Optional[Path] = typer.Option(None, "--vocab", help="SCAN word-vocabulary JSON for SGRAF "
-                                         "(sets the vocabulary size; copied into the run)."),
+    vocab: Optional[Path] = typer.Option(None, "--word-vocab", metavar="JSON", help="SCAN "
+                                         "word-vocabulary JSON for SGRAF (sets the vocabulary "
+                                         "size; copied into the run)."),
+    vocab_old: Optional[Path] = typer.Option(None, "--vocab", hidden=True,
+                                             help="Deprecated spelling of --word-vocab."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Log the training loss "
                                             "every N iterations (preset 10)."),
     save_optimizer_state: Optional[bool] = typer.Option(
         None, "--save-optimizer-state/--no-save-optimizer-state", help="Keep Adam's moments in "
         "last/ (2x the weights; needed for an exact --resume). Default: save."),
-    keep: Optional[str] = typer.Option(None, "--keep", help="Checkpoints kept: best, last or "
+    keep: Optional[Literal["best", "last", "both"]] = typer.Option(None, "--keep", help="Checkpoints kept: best, last or "
                                        "both (default both)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as one JSON "
+                                 "document on stdout (tables go to stderr)."),
 ) -> None:
     """Train TERN, TERAN or SGRAF with the paper's preset on our stores."""
     from rich.console import Console
@@ -92,6 +98,10 @@ def train_command(
     from itmflow.errors import ConfigError
     from trainers.training.config import build_config
     from trainers.training import train
+
+    from pipeline.commands._common import people_console, pick, print_json
+
+    vocab = pick(vocab, vocab_old, "--vocab", "--word-vocab")
 
     options: dict[str, Any] = {
         "dataset": dataset.value if dataset else None, "epochs": epochs, "max_steps": max_steps,
@@ -103,7 +113,7 @@ def train_command(
         from pipeline.text.vocab import WordVocab
 
         if not vocab.is_file():
-            raise ConfigError(f"--vocab {vocab} does not exist; give the word-vocabulary JSON "
+            raise ConfigError(f"--word-vocab {vocab} does not exist; give the word-vocabulary JSON "
                               "the caption store was tokenized with")
         size = len(WordVocab.load(vocab))
         overrides.setdefault("model_config", {}).setdefault("vocab_size", size)
@@ -125,9 +135,11 @@ def train_command(
         summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
                         console=console)
     best = summary.get("best") or {}
+    if as_json:
+        print_json({"run": str(out), "model": cfg.model, **summary})
     if not best:
         typer.echo(f"no validation ran ({summary['steps']} steps; set --val-every or train an "
-                   f"epoch to get one); run in {out}")
+                   f"epoch to get one); run in {out}", err=as_json)
         return
     table = Table(title=f"{cfg.model}: best validation (step {summary['best_step']})")
     for col in ("direction", "R@1", "R@5", "R@10", "medr"):
@@ -137,8 +149,9 @@ def train_command(
         if m:
             table.add_row(direction, f"{m['r1']:.1f}", f"{m['r5']:.1f}", f"{m['r10']:.1f}",
                           f"{m['medr']:.0f}")
-    Console().print(table)
-    typer.echo(f"rsum {best.get('rsum', float('nan')):.1f}; {summary['steps']} steps; run in {out}")
+    people_console(as_json).print(table)
+    typer.echo(f"rsum {best.get('rsum', float('nan')):.1f}; {summary['steps']} steps; run in {out}",
+               err=as_json)
 
 
 def models_command() -> None:

@@ -133,9 +133,9 @@ class TokenizeConfig:
 
     def validate(self) -> TokenizeConfig:
         if self.vocab is not None and self.build_vocab:
-            raise ConfigError("give either --vocab JSON or --build-vocab, not both")
+            raise ConfigError("give either --word-vocab JSON or --build-vocab, not both")
         if self.tokenizer is None and self.vocab is None and not self.build_vocab:
-            raise ConfigError("--no-bert without --vocab/--build-vocab leaves nothing to store; "
+            raise ConfigError("--no-bert without --word-vocab/--build-vocab leaves nothing to store; "
                               "add a vocabulary")
         return self
 

@@ -133,7 +133,7 @@ def test_cli_detect_random_init(photo_dir, tmp_path, vg_vocab_dir):
 
     out, vis = tmp_path / "npz", tmp_path / "png"
     args = ["detect", str(photo_dir / "chelsea.jpg"), str(photo_dir / "coins.png"),
-            "--random-init", "--regions", "10-100", "--vocab", str(vg_vocab_dir),
+            "--random-init", "--regions", "10-100", "--labels", str(vg_vocab_dir),
             "--min-size", "160", "--max-size", "240", "--proposals", "12",
             "--out", str(out), "--visualize", str(vis)]
     result = CliRunner().invoke(app, args)

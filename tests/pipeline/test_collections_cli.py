@@ -44,7 +44,7 @@ def test_ingest_karpathy_reports_missing_files(tmp_path, karpathy_coco):
     # --check-images also decodes: the fake JPEG is now counted as unreadable
     result = CliRunner().invoke(app, ["ingest", str(karpathy_coco), "--format", "karpathy", "--images",
                                       str(images), "--out", str(out), "--report", str(report),
-                                      "--check-images"])
+                                      "--check-images", "--force"])
     assert result.exit_code == 0, result.output
     kinds = [json.loads(l)["kind"] for l in report.read_text().splitlines()]
     assert sorted(kinds) == ["missing_file", "missing_file", "unreadable_image"]
@@ -63,7 +63,7 @@ def test_ingest_errors_are_one_line_without_traceback(tmp_path, karpathy_coco):
     assert result.exit_code == 1 and "--captions applies to --format folder" in str(result.exception)
     result = CliRunner().invoke(app, ["ingest", str(karpathy_coco), "--format", "voc", "--out",
                                       str(tmp_path / "c.parquet")])
-    assert result.exit_code == 1 and "unknown collection format 'voc'" in str(result.exception)
+    assert result.exit_code == 2 and "'voc' is not one of" in result.output  # a usage error
     empty = tmp_path / "emptydir"
     empty.mkdir()
     result = CliRunner().invoke(app, ["ingest", str(empty), "--format", "folder", "--out",

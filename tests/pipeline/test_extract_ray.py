@@ -75,6 +75,22 @@ def test_bad_files_are_recorded_and_reruns_only_do_new_images(tmp_path, photo_di
     assert [r[0] for r in store_contents(out)] == ["astronaut", "coffee", "rocket", "camera"]
 
 
+def test_cli_json_summary_and_dry_run_after_it(tmp_path, good_collection, ray_local):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "store"
+    args = ["extract", str(good_collection), "--out", str(out), *TINY_CLI, "--batch-size", "2"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    doc = json.loads(res.stdout)
+    assert doc["processed"] == len(GOOD) and doc["rows_in_store"] == len(GOOD) and doc["failed"] == 0
+    res = CliRunner().invoke(app, [*args, "--dry-run", "--json"])
+    plan = json.loads(res.stdout)
+    assert plan["to_process"] == 0 and plan["committed"] == len(GOOD) == plan["already_done"]
+
+
 def test_decode_tasks_and_decoding_in_the_actor_give_the_same_store(tmp_path, good_collection,
                                                                      reference_store, ray_local,
                                                                      monkeypatch):

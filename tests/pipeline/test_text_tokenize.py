@@ -27,7 +27,7 @@ def test_tokenize_both_with_the_shipped_vocab(tmp_path, collection, minilm_dir, 
     store = tmp_path / "captions"
     vocab_file = sgraf_vocab_dir / "coco_precomp_vocab.json"
     result = CliRunner().invoke(app, ["tokenize", str(collection), "--out", str(store), "--tokenizer",
-                                      str(minilm_dir), "--vocab", str(vocab_file)])
+                                      str(minilm_dir), "--word-vocab", str(vocab_file)])
     assert result.exit_code == 0, result.output
     table, manifest = read_caption_store(store)
     coll = read_collection(collection)
@@ -85,9 +85,9 @@ def test_tokenize_refuses_nothing_to_do_and_bad_inputs(tmp_path, collection, sgr
     run = CliRunner().invoke
     result = run(app, ["tokenize", str(collection), "--out", str(tmp_path / "s"), "--no-bert"])
     assert result.exit_code == 1 and "nothing to store" in str(result.exception)
-    result = run(app, ["tokenize", str(collection), "--out", str(tmp_path / "s"), "--build-vocab", "--vocab",
+    result = run(app, ["tokenize", str(collection), "--out", str(tmp_path / "s"), "--build-vocab", "--word-vocab",
                        str(sgraf_vocab_dir / "coco_precomp_vocab.json")])
-    assert result.exit_code == 1 and "either --vocab" in str(result.exception)
+    assert result.exit_code == 1 and "either --word-vocab" in str(result.exception)
     result = run(app, ["tokenize", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "s"), "--no-bert",
                        "--build-vocab"])
     assert result.exit_code == 1 and "itmflow ingest" in str(result.exception)
@@ -102,7 +102,7 @@ def test_tokenize_with_no_flags_is_offline_bert_base_uncased(tmp_path, collectio
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     store = tmp_path / "captions"
     result = CliRunner().invoke(app, ["tokenize", str(collection), "--out", str(store),
-                                      "--vocab", "coco_precomp"])
+                                      "--word-vocab", "coco_precomp"])
     assert result.exit_code == 0, result.output
     table, manifest = read_caption_store(store)
     reference = load_bert_tokenizer(minilm_dir)  # the same bert-base-uncased vocabulary and rules

@@ -62,6 +62,13 @@ def test_run_with_folds_rouge_and_saved_sims(world: EvalWorld, tmp_path: Path) -
     np.testing.assert_array_equal(ranks["i2t_ranks_all"], pool.i2t_ranks)
     assert doc["all_images"]["ndcg"]["rougeL"]["t2i"] == pytest.approx(ndcg_protocol(sims, rel).t2i)
     assert "all 10" in md and "all 10" in res.output
+    # --json: metrics.json (and the files written) as the only thing on stdout
+    res = _invoke(["--sims", str(sims_file), "--regions", str(world.regions), "--captions",
+                   str(world.captions), "--folds", "2", "--out", str(tmp_path / "eval2"), "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    printed = json.loads(res.stdout)
+    assert printed["recall"]["rsum"] == pytest.approx(expected.metrics.rsum)
+    assert Path(printed["files"]["json"]) == tmp_path / "eval2" / "metrics.json"
 
 
 def test_authors_sgraf_checkpoints_and_ensemble(world: EvalWorld, tmp_path: Path) -> None:
@@ -114,6 +121,8 @@ def test_bad_invocations_name_the_problem(world: EvalWorld, tmp_path: Path) -> N
     assert isinstance(res.exception, InputFileError) and "run directory" in str(res.exception)
     bad = tmp_path / "wrong.npy"
     np.save(bad, np.zeros((3, 15), dtype=np.float32))
+    res = _invoke([str(world.teran_run), *base, "--split", "testall"])
+    assert isinstance(res.exception, ConfigError) and "test (50 captions)" in str(res.exception)
     res = _invoke(["--sims", str(bad), *base, "--out", str(tmp_path / "y")])
     assert isinstance(res.exception, InputFileError) and "(10, 50)" in str(res.exception)
 

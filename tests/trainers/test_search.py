@@ -150,13 +150,50 @@ def test_image_query_returns_captions_and_errors_are_clear(embedded: Path) -> No
     caps = emb.side("captions")
     best = caps.row(int(np.argmax(caps.vectors @ q)))["caption_id"]
     assert best in res.output
-    assert (embedded / "search-test-0002.png").is_file()
+    assert (embedded / "search-image-test-0002-captions.png").is_file()
     res = CliRunner().invoke(app, ["search", str(embedded), "--image", "nope"])
     assert isinstance(res.exception, InputFileError) and "nope" in str(res.exception)
     res = CliRunner().invoke(app, ["search", str(embedded)])
     assert isinstance(res.exception, ConfigError)
     res = CliRunner().invoke(app, ["search", str(embedded.parent), "--text", "x"])
     assert isinstance(res.exception, InputFileError) and "itmflow embed" in str(res.exception)
+
+
+@pytest.mark.slow
+def test_several_queries_load_the_model_once_and_print_json(world: EvalWorld, embedded: Path,
+                                                           tmp_path: Path, monkeypatch) -> None:
+    import trainers.checkpoints as checkpoints
+
+    loads = []
+    real = checkpoints.load_model
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a red car\n\na blue dog\n")
+    res = CliRunner().invoke(app, ["search", str(embedded), "--text", "a cat", "--queries",
+                                   str(queries), "--image", "test-0001", "--top", "3", "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    doc = json.loads(res.stdout)
+    assert [(q["kind"], q["query"]) for q in doc["queries"]] == [
+        ("text", "a cat"), ("text", "a red car"), ("text", "a blue dog"), ("image", "test-0001")]
+    assert len(loads) == 1  # one model for the three text queries
+    for q in doc["queries"]:
+        assert [h["rank"] for h in q["hits"]] == [1, 2, 3] and Path(q["png"]).is_file()
+    assert len({q["png"] for q in doc["queries"]}) == 4
+    assert doc["queries"][3]["target"] == "captions" and "text" in doc["queries"][3]["hits"][0]
+    # the image query towards images writes another picture than towards captions
+    res = CliRunner().invoke(app, ["search", str(embedded), "--image", "test-0001", "--target",
+                                   "images", "--json"])
+    assert json.loads(res.stdout)["queries"][0]["png"] != doc["queries"][3]["png"]
+
+
+@pytest.mark.slow
+def test_embed_json_and_force(world: EvalWorld, tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    res = CliRunner().invoke(app, ["embed", str(world.tern_run), "--regions", str(world.regions),
+                                   "--out", str(out), "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    doc = json.loads(res.stdout)
+    assert doc["out"] == str(out) and doc["sides"]["images"]["count"] == 23
 
 
 @pytest.mark.slow

@@ -173,9 +173,11 @@ def test_cli_train_and_resume(small_stores, tmp_path: Path) -> None:
     assert "no validation ran (3 steps" in result.output  # val_every 0 and no full epoch
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     assert (run / "vocab.json").is_file()  # the caption store's vocabulary travels with the run
-    result = CliRunner().invoke(app, args + ["--max-steps", "5", "--resume"])
+    result = CliRunner().invoke(app, args + ["--max-steps", "5", "--resume", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads((run / "summary.json").read_text())["steps"] == 5
+    printed = json.loads(result.stdout)  # --json: the summary is all there is on stdout
+    assert printed["steps"] == 5 and printed["run"] == str(run) and printed["model"] == "sgraf-saf"
     bad = CliRunner().invoke(app, ["train", "sgraf-saf", "--regions", str(tmp_path / "nowhere"),
                                    "--captions", str(small_stores.captions), "--out",
                                    str(tmp_path / "r2"), "--no-progress"])

@@ -30,7 +30,7 @@ stages:
   - name: ingest
     run: ingest
     args: ["${{workdir}}/images"]
-    options: {{format: folder, out: "${{workdir}}/collection.parquet"}}
+    options: {{format: folder, out: "${{workdir}}/collection.parquet", force: true}}
     outputs: ["${{workdir}}/collection.parquet"]
   - name: future
     run: no-such-command
@@ -64,6 +64,14 @@ def test_stages_run_then_skip_until_an_input_changes(tmp_path):
     # a changed input (a caption edited) makes the ingest stage run again
     captions = tmp_path / "work" / "images" / "captions.jsonl"
     captions.write_text(captions.read_text().replace("smiling woman", "smiling cosmonaut"))
+    # --dry-run says so without running it
+    before = table.read_bytes()
+    res = CliRunner().invoke(app, ["run", str(_write(tmp_path)), "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    planned = {s["name"]: s["status"] for s in json.loads(res.stdout)["stages"]}
+    assert planned == {"photos": "skipped", "ingest": "would run", "future": "unavailable",
+                       "train": "off"}
+    assert table.read_bytes() == before
     third = {o.name: o.status for o in run_workflow(load_workflow(_write(tmp_path)), COMMANDS)}
     assert third["photos"] == "skipped" and third["ingest"] == "ran"
     from pipeline.collections import read_collection
@@ -78,7 +86,7 @@ def test_variables_overrides_and_errors(tmp_path):
     train = next(s for s in flow.stages if s.name == "train")
     assert train.when is True and flow.workdir == Path("elsewhere")
     assert flow.stages[1].argv() == ["ingest", "elsewhere/images", "--format", "folder",
-                                     "--out", "elsewhere/collection.parquet"]
+                                     "--out", "elsewhere/collection.parquet", "--force"]
     with pytest.raises(ConfigError, match="no variable 'nope'"):
         load_workflow(path, {"nope": 1})
     with pytest.raises(ConfigError, match="key=value"):
@@ -106,3 +114,48 @@ def test_itmflow_run_command_prints_the_outcomes(tmp_path):
     res = CliRunner().invoke(app, ["run", str(_write(tmp_path)), "--set", "train=false"])
     assert res.exit_code == 0, res.output
     assert "ingest" in res.output and "unavailable" in res.output
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.stem for p in BUNDLED])
+def test_bundled_workflows_use_existing_option_names(path):
+    """Every option of every stage is an option of its command (renamed options included)."""
+    import typer
+
+    root = typer.main.get_command(app)
+    for stage in load_workflow(path).stages:
+        if stage.run == ["sample"]:
+            continue
+        cmd = root
+        for word in stage.run:
+            cmd = cmd.commands[word]
+        opts = {o for p in cmd.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+                if not getattr(p, "hidden", False)}
+        for key in stage.options:
+            assert "--" + key.replace("_", "-") in opts, (path.name, stage.name, key)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_bundled_folder_workflow_runs_without_weights_when_asked(tmp_path, photo_dir, ray_local):
+    import shutil
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    names = ("chelsea.jpg",)  # one image: the folder workflow extracts at the full 600 px, 300 proposals
+    for name in names:
+        shutil.copy(photo_dir / name, images / name)
+    lines = (photo_dir / "captions.jsonl").read_text().splitlines()
+    (images / "captions.jsonl").write_text(
+        "".join(line + "\n" for line in lines if json.loads(line)["file"] in names))
+    work = tmp_path / "work"
+    res = CliRunner().invoke(app, ["run", "folder", "--set", f"images={images}", "--set",
+                                   f"workdir={work}", "--set", "random_init=true", "--json"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    doc = json.loads(res.stdout)
+    assert {s["name"]: s["status"] for s in doc["stages"]} == {
+        "ingest": "ran", "extract": "ran", "tokenize": "ran", "train": "off"}
+    from stores import open_region_store
+
+    with open_region_store(work / "regions") as store:
+        assert list(store.ids()) == ["chelsea.jpg"]
+    assert (work / "captions" / "manifest.json").is_file()
