@@ -136,9 +136,8 @@ def bench_nms(proposals: int, repeat: int, sharpness: float) -> tuple[float, flo
 
 #: ``cls_score`` / ``attr_score`` scale of the agreement checkpoint (see :func:`peak_heads_`).
 HEAD_SCALE = 2.0
-#: Variants the agreement table can run: a precision name, or ``bf16-backbone`` (bf16 backbone
-#: + RPN, fp32 head: not a ``--precision`` choice, measured to show why ``mixed`` is the other way).
-EXTRA_VARIANTS = ("bf16-backbone",)
+#: Variants the agreement table can run: a precision name, or one of
+#: ``detectors.butd.model.EXPERIMENTAL_PLANS`` (``mixed``, ``bf16-backbone``).
 
 
 def peak_heads_(det, scale: float) -> None:
@@ -159,14 +158,14 @@ def peak_heads_(det, scale: float) -> None:
 def make_variant(weights_state, settings: BUTDSettings, variant: str, device: str):
     from dataclasses import replace
 
-    from detectors.butd.model import PrecisionPlan
+    from detectors.butd.model import EXPERIMENTAL_PLANS
 
-    precision = "fp32" if variant == "bf16-backbone" else variant
+    precision = "fp32" if variant in EXPERIMENTAL_PLANS else variant
     det = build_detector(None, replace(settings, precision=precision), random_init=True, seed=0,
                          device=device)
     det.model.load_state_dict(weights_state)
-    if variant == "bf16-backbone":
-        det.plan = PrecisionPlan(backbone=torch.bfloat16)
+    if variant in EXPERIMENTAL_PLANS:
+        det.plan = EXPERIMENTAL_PLANS[variant]
     return det
 
 

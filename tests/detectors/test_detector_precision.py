@@ -1,4 +1,5 @@
-"""Precision modes of the BUTD detector: the TF32 switches, ``mixed`` keeping fp32's regions, and
+"""Precision modes of the BUTD detector: the TF32 switches, the experimental ``mixed`` plan keeping
+fp32's regions, and
 what a store manifest records (issue #17)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from detectors.butd import BUTDSettings, build_detector
-from detectors.butd.model import PLANS, fp32_math, tf32_enabled
+from detectors.butd.model import EXPERIMENTAL_PLANS, PLANS, fp32_math, tf32_enabled
 from detectors.butd.preprocess import prepare
 from detectors.butd.settings import PRECISIONS
 from itmflow.errors import ConfigError
@@ -17,13 +18,14 @@ from tests._support.butd_layouts import SMALL
 
 def test_every_precision_has_a_plan():
     assert set(PLANS) == set(PRECISIONS)
-    assert {"fp32", "tf32", "bf16", "fp16", "mixed"} <= set(PRECISIONS)
+    assert {"fp32", "tf32", "bf16", "fp16"} <= set(PRECISIONS)
     for name in PRECISIONS:
         assert BUTDSettings(precision=name).validate().precision == name
     with pytest.raises(ConfigError, match="--precision 'tf16'"):
         BUTDSettings(precision="tf16").validate()
     assert not PLANS["fp32"].tf32 and PLANS["tf32"].tf32
-    assert PLANS["mixed"].backbone is None and PLANS["mixed"].refine
+    mixed = EXPERIMENTAL_PLANS["mixed"]
+    assert mixed.backbone is None and mixed.refine and "mixed" not in PRECISIONS
 
 
 @pytest.mark.parametrize("before", [(True, True), (False, False), (True, False)])
@@ -100,9 +102,10 @@ def fp32_and_mixed():
     """fp32 and mixed detectors with the same (peaked) random weights, small settings."""
     settings = BUTDSettings(regions="10-100", **SMALL)
     ref = _peaked(build_detector(None, settings, random_init=True, seed=0))
-    mixed = build_detector(None, BUTDSettings(regions="10-100", precision="mixed", **SMALL),
-                           random_init=True, seed=0)
+    mixed = build_detector(None, settings, random_init=True, seed=0)
     mixed.model.load_state_dict(ref.model.state_dict())
+    mixed.plan = EXPERIMENTAL_PLANS["mixed"]
+    assert mixed.settings()["plan"] == "mixed" and mixed.settings()["mixed_refine"] == 1.5
     return ref, mixed
 
 
@@ -151,14 +154,13 @@ def test_manifest_records_precision_and_device():
 
     threads = torch.get_num_threads()
     try:
-        worker = DetectorWorker(BUTDSettings(precision="mixed", **SMALL),
+        worker = DetectorWorker(BUTDSettings(precision="tf32", **SMALL),
                                 detector_kwargs(weights=None, random_init=True, seed=0, device="cpu",
                                                 vocab=None), threads=1)
     finally:
         torch.set_num_threads(threads)
     described = worker.describe()
-    assert described["settings"]["precision"] == "mixed"
-    assert described["settings"]["mixed_refine"] == worker.detector.refine_factor
+    assert described["settings"]["precision"] == "tf32"
     assert worker.shape()["device"] == "cpu"
 
 
