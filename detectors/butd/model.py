@@ -3,7 +3,7 @@
 ``BUTDModel`` composes the parts: :class:`~detectors.butd.backbone.ResNetC4` →
 :class:`~detectors.butd.rpn.RPN` → :class:`~detectors.butd.roi_heads.RoIHeads`.
 ``BUTDDetector`` implements :class:`detectors.base.Detector`: it pads a batch of prepared images,
-runs the network (fp32, or bf16/fp16 autocast on request) and selects each image's regions with
+runs the network in the requested precision (:data:`PLANS`) and selects each image's regions with
 :mod:`detectors.butd.postprocess`.
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from torch import nn
 
 from detectors.base import REGION_KEYS, PreparedImage, VGVocab
 from detectors.butd.backbone import ResNetC4
-from detectors.butd.postprocess import regions_for_image
+from detectors.butd.postprocess import (per_class_nms_max_conf, regions_for_image, select_caffe,
+                                         select_maxnms)
 from detectors.butd.preprocess import PIXEL_MEANS_BGR, Preprocessing, batch_images
 from detectors.butd.roi_heads import RoIHeads, RoIOutputs
 from detectors.butd.rpn import RPN, RPNSettings
@@ -31,8 +33,87 @@ from detectors.memory import release_free_heap
 from itmflow.errors import ConfigError
 from itmflow.regions import DetectedRegions
 
-#: Autocast dtype of each of :data:`detectors.butd.settings.PRECISIONS` (None: plain fp32).
-PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one ``--precision`` runs the network (post-processing is always fp32).
+
+    ``backbone`` / ``head``: autocast dtype of backbone + RPN / of res5 + predictor on every
+    proposal (None: fp32). ``refine``: recompute the head in fp32 for each image's best
+    candidates (``ceil(MIXED_REFINE × max regions)`` by their reduced-precision ``max_conf``)
+    before the selection runs again. ``tf32``: allow TF32 for fp32 convolutions and matmuls
+    (CUDA on Ampere and later; no effect on CPU).
+    """
+
+    backbone: torch.dtype | None = None
+    head: torch.dtype | None = None
+    refine: bool = False
+    tf32: bool = False
+
+
+#: One plan per :data:`detectors.butd.settings.PRECISIONS` name.
+PLANS = {
+    "fp32": PrecisionPlan(),
+    "tf32": PrecisionPlan(tf32=True),
+    "bf16": PrecisionPlan(backbone=torch.bfloat16, head=torch.bfloat16),
+    "fp16": PrecisionPlan(backbone=torch.float16, head=torch.float16),
+}
+#: Plans measured by ``benchmarks/bench_detector.py --agreement`` but not ``--precision`` choices
+#: (set ``detector.plan`` to use one). ``mixed``: fp32 backbone + RPN (the proposals are fp32's),
+#: bf16 res5 on all proposals to rank them, fp32 res5 again for the candidates, so the kept
+#: regions' features and scores are fp32's; it kept 71/72 of fp32's regions but saved only 2% of
+#: the CPU time at 300 proposals (no bf16 units here): a choice once a GPU shows it pays off.
+#: ``bf16-backbone``: the reverse split, to show that bf16 proposals alone move the regions.
+EXPERIMENTAL_PLANS = {
+    "mixed": PrecisionPlan(head=torch.bfloat16, refine=True),
+    "bf16-backbone": PrecisionPlan(backbone=torch.bfloat16),
+}
+#: Candidates recomputed in fp32 by ``mixed``, as a multiple of the policy's max regions.
+MIXED_REFINE = 1.5
+
+
+@contextlib.contextmanager
+def fp32_math(allow_tf32: bool) -> Iterator[None]:
+    """Scope PyTorch's TF32 switches for CUDA convolutions and matmuls; restored on exit.
+
+    PyTorch runs fp32 cuDNN convolutions as TF32 by default (10-bit mantissa on Ampere and
+    later), which moves the detector's regions like a reduced precision would. The detector's
+    ``fp32`` therefore turns TF32 off while it runs; ``tf32`` turns it on. The switches are
+    process-wide flags (no GPU needed to set them), so this is also testable on CPU.
+    """
+    value = "tf32" if allow_tf32 else "ieee"
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):  # torch >= 2.9
+        saved = (matmul.fp32_precision, cudnn_conv.fp32_precision)
+        matmul.fp32_precision, cudnn_conv.fp32_precision = value, value
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn_conv.fp32_precision = saved
+    else:  # the legacy switches
+        saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """(matmul, cuDNN conv) TF32 switches as PyTorch has them now."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
+        conv = cudnn_conv.fp32_precision
+        if conv == "none":
+            conv = torch.backends.cudnn.fp32_precision
+        matmul = torch.backends.cuda.matmul.fp32_precision
+        if matmul == "none":
+            matmul = torch.backends.fp32_precision
+        return matmul == "tf32", conv == "tf32"
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
 DETECTOR_NAME = "butd-r101-vg"
 
 
@@ -125,6 +206,9 @@ class BUTDDetector:
         self.vocab = vocab
         self.random_init = random_init
         self.seed = seed
+        #: How the network runs for ``config.precision`` (see :data:`PLANS`).
+        self.plan: PrecisionPlan = PLANS[self.config.precision]
+        self.refine_factor = MIXED_REFINE
 
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the output (for store manifests)."""
@@ -135,13 +219,82 @@ class BUTDDetector:
                    random_init=self.random_init)
         if self.random_init:
             out["seed"] = self.seed
+        if self.plan != PLANS[self.config.precision]:  # an experimental plan set by hand
+            out["plan"] = next((k for k, v in EXPERIMENTAL_PLANS.items() if v == self.plan),
+                               repr(self.plan))
+        if self.plan.refine:
+            out["mixed_refine"] = self.refine_factor
         return out
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = PRECISION_DTYPES[self.config.precision]
+    def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _forward(self, images: torch.Tensor, sizes: list[tuple[int, int]], scales: list[float],
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, RoIOutputs]:
+        plan, model = self.plan, self.model
+        with self._autocast(plan.backbone):
+            features, mask = model.backbone(images, sizes)
+            proposals = [boxes.float() for boxes, _ in
+                         model.proposal_generator(features, mask, sizes, scales)]
+        pooled = model.roi_heads.pool(features, proposals)
+        del features
+        with self._autocast(plan.head):
+            outs = model.roi_heads.head(pooled)
+        return proposals, pooled, outs
+
+    def _refine(self, batch: list[PreparedImage], proposals: list[torch.Tensor],
+                pooled: torch.Tensor, outs: RoIOutputs) -> int:
+        """Recompute in fp32 (in place) the head rows of each image's candidates: its best
+        ``ceil(refine_factor × max regions)`` rows by reduced-precision ``max_conf``, then any row
+        the selection keeps that is still not fp32, until the kept rows are all fp32 rows.
+        Returns how many rows were recomputed."""
+        limit = math.ceil(self.refine_factor * self.policy.max_regions)
+        starts = [0]
+        for boxes in proposals:
+            starts.append(starts[-1] + len(boxes))
+        exact = torch.zeros(starts[-1], dtype=torch.bool, device=outs.cls_prob.device)
+        todo = []
+        for i, prep in enumerate(batch):
+            if starts[i + 1] > starts[i]:
+                score = self._selection_scores(i, prep, proposals, outs, starts)
+                top = torch.sort(score, descending=True, stable=True).indices[:limit]
+                todo.append(top + starts[i])
+        while todo:
+            idx = torch.cat(todo)
+            idx = idx[~exact[idx]]
+            if not len(idx):
+                break
+            again = self.model.roi_heads.head(pooled[idx])
+            for name in ("features", "cls_prob", "box_deltas", "attr_prob"):
+                getattr(outs, name)[idx] = getattr(again, name)
+            exact[idx] = True
+            todo = []
+            for i, prep in enumerate(batch):  # the selection on the updated rows
+                sl = slice(starts[i], starts[i + 1])
+                keep = self._keep(i, prep, proposals, outs, starts)
+                missing = keep[~exact[sl][keep]]
+                if len(missing):
+                    todo.append(missing + starts[i])
+        return int(exact.sum())
+
+    def _selection_scores(self, i: int, prep: PreparedImage, proposals: list[torch.Tensor],
+                          outs: RoIOutputs, starts: list[int]) -> torch.Tensor:
+        prob = outs.cls_prob[starts[i]:starts[i + 1]]
+        if self.config.selection == "caffe":
+            return per_class_nms_max_conf(proposals[i] / prep.scale, prob[:, 1:],
+                                          self.config.class_nms_thresh)
+        return prob[:, 1:].amax(dim=1)
+
+    def _keep(self, i: int, prep: PreparedImage, proposals: list[torch.Tensor], outs: RoIOutputs,
+              starts: list[int]) -> torch.Tensor:
+        sl = slice(starts[i], starts[i + 1])
+        if self.config.selection == "caffe":
+            return select_caffe(self._selection_scores(i, prep, proposals, outs, starts), self.policy)
+        size = (prep.tensor.shape[-2], prep.tensor.shape[-1])
+        return select_maxnms(proposals[i], outs.cls_prob[sl], outs.box_deltas[sl], size,
+                             self.policy)[0]
 
     @torch.no_grad()
     def detect(self, batch: list[PreparedImage]) -> list[DetectedRegions]:
@@ -150,8 +303,11 @@ class BUTDDetector:
             return []
         images, sizes = batch_images(batch)
         scales = [p.scale for p in batch]
-        with self._autocast():
-            proposals, outs = self.model(images.to(self.device), sizes, scales)
+        with fp32_math(self.plan.tf32):
+            proposals, pooled, outs = self._forward(images.to(self.device), sizes, scales)
+            if self.plan.refine:
+                self._refine(batch, proposals, pooled, outs)
+            del pooled
         results = []
         start = 0
         for i, prep in enumerate(batch):
@@ -159,7 +315,7 @@ class BUTDDetector:
             sl = slice(start, start + n)
             start += n
             region = regions_for_image(
-                proposals[i].float(), outs.features[sl], outs.cls_prob[sl], outs.box_deltas[sl],
+                proposals[i], outs.features[sl], outs.cls_prob[sl], outs.box_deltas[sl],
                 outs.attr_prob[sl], scale=prep.scale, resized_size=sizes[i],
                 orig_size=(prep.orig_height, prep.orig_width), policy=self.policy,
                 selection=self.config.selection, nms_thresh=self.config.class_nms_thresh)

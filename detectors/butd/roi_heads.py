@@ -67,12 +67,21 @@ class RoIHeads(nn.Module):
     @torch.no_grad()
     def forward(self, features: torch.Tensor, proposals: list[torch.Tensor]) -> RoIOutputs:
         """Run the head on every image's proposals (resized pixel coordinates) in one batch."""
+        return self.head(self.pool(features, proposals))
+
+    @torch.no_grad()
+    def pool(self, features: torch.Tensor, proposals: list[torch.Tensor]) -> torch.Tensor:
+        """RoI max-pooling of every image's proposals → ``[R, 1024, 14, 14]`` float32."""
         rois = torch.cat([torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device), b],
                                     dim=1) for i, b in enumerate(proposals)])
         # RoIPool semantics = Caffe ROIPooling (round() of coordinates, +1 extents, max); not RoIAlign
         # fp32 pooling: exact max either way, and the CPU kernel has no bf16 version
-        pooled = roi_pool(features.float(), rois.float(), output_size=POOLER_RESOLUTION,
-                          spatial_scale=SPATIAL_SCALE)
+        return roi_pool(features.float(), rois.float(), output_size=POOLER_RESOLUTION,
+                        spatial_scale=SPATIAL_SCALE)
+
+    @torch.no_grad()
+    def head(self, pooled: torch.Tensor) -> RoIOutputs:
+        """res5 → mean → predictor on pooled RoIs (rows of the result follow ``pooled``)."""
         x = self.res5(pooled).mean(dim=(2, 3))
         logits, deltas, attr_logits = self.box_predictor(x)
         return RoIOutputs(features=x.float(), cls_prob=torch.softmax(logits.float(), dim=1),

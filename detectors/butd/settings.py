@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 #: Region selections: ``caffe`` (generate_tsv.py, proposal boxes), ``maxnms`` (airsplay / HF).
 SELECTIONS = ("caffe", "maxnms")
-#: Inference precisions: fp32, or bf16 / fp16 autocast.
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: Inference precisions: fp32 (TF32 off on CUDA), tf32 (TF32 allowed), bf16 / fp16 autocast; see
+#: docs/guide/detector.md "Precision and devices" (and why ``mixed`` is not one of them yet).
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
