@@ -163,19 +163,26 @@ class _SquaredLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        device = x.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device)) \
+            if torch.is_autocast_enabled(device) else None
         ctx.save_for_backward(x, weight)
         return torch.addmm(bias, x.square(), weight.t())
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = (grad @ weight).mul_(x).mul_(2)
-        if ctx.needs_input_grad[1]:
-            gw = grad.t() @ x.square()
-        if ctx.needs_input_grad[2]:
-            gb = grad.sum(dim=0)
+        device, dtype = ctx.autocast or (x.device.type, None)
+        # Under the forward's autocast state (as torch.amp.custom_bwd does), so that bf16/fp16
+        # gradients meet float32 weights in autocast GEMMs; autograd casts each result back.
+        with torch.autocast(device, dtype=dtype, enabled=ctx.autocast is not None):
+            gx = gw = gb = None
+            if ctx.needs_input_grad[0]:
+                gx = (grad @ weight).mul_(x).mul_(2)
+            if ctx.needs_input_grad[1]:
+                gw = grad.t() @ x.square()
+            if ctx.needs_input_grad[2]:
+                gb = grad.sum(dim=0)
         return gx, gw, gb
 
 
