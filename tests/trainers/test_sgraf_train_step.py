@@ -103,3 +103,25 @@ def test_eval_mode_with_gradients_uses_the_train_path_with_running_statistics(mo
     model, images, captions = model_and_batch(module, seed=5)
     model.eval()
     assert_same(model, images, captions, max_violation=True)
+
+
+@pytest.mark.parametrize("module", ["SGR", "SAF"])
+def test_train_path_under_bf16_autocast(module):
+    """The custom squared-difference layer meets float32 weights under autocast (CUDA trains with
+    bf16 autocast; CPU autocast exercises the same code): float32 gradients, bf16-close loss."""
+    model, images, captions = model_and_batch(module)
+    losses, grads = [], []
+    for reference in (True, False):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img, cap = model.encode_images(images), model.encode_captions(captions)
+            scores = (model.reference_similarity(img, cap) if reference
+                      else model.similarity(img, cap))
+        loss = contrastive_loss(scores.float(), max_violation=False)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(model.sim_enc.sim_tranloc_w.weight.grad)
+    assert grads[1].dtype == torch.float32
+    assert abs(losses[0] - losses[1]) < 1e-2 * abs(losses[0])
+    assert float((grads[0] - grads[1]).abs().max()) < 0.1 * float(grads[0].abs().max())
