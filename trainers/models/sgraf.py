@@ -6,9 +6,11 @@ dropout 0.4 → bi-GRU 1024 (forward and backward averaged) → l2norm per word.
 smooth 9) plus a global one (VisualSA / TextSA), then reasons over them (SGR, 3 graph steps, node 0)
 or filters them (SAF), and squashes ``Linear(256→1)`` through a sigmoid.
 
-The authors loop over captions in Python; here a whole block of images × captions is scored at
-once, with padded words masked out of every normalisation, softmax and sum, so each score equals
-the one-pair computation. VisualSA and TextSA depend on one side only and are computed when the
+The authors loop over captions in Python; :meth:`EncoderSimilarity.reference` scores a whole block
+of images × captions at once, with padded words masked out of every normalisation, softmax and
+sum, so each score equals the one-pair computation. Training and evaluation run faster
+re-arrangements of it (``sgraf_scoring.train_scores`` / ``score_block``: captions grouped by length
+in small slices against all images, the same numbers to float rounding). VisualSA and TextSA depend on one side only and are computed when the
 image / caption is encoded. VisualSA's ``BatchNorm1d(36)`` normalises over the *region* axis,
 which is why SGRAF needs exactly 36 regions per image.
 """
@@ -27,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from itmflow.errors import ModelInputError
 from trainers.models.common import MatchingModel, l1norm, l2norm, length_mask, scoring_without_grad
-from trainers.models.sgraf_scoring import FoldedGraph, score_block
+from trainers.models.sgraf_scoring import FoldedGraph, score_block, train_scores
 from trainers.models.spec import ModelSpec
 
 EPS = 1e-8
@@ -248,11 +250,13 @@ class EncoderSimilarity(nn.Module):
 
         In eval mode without autograd (scoring a test set) this is
         :func:`trainers.models.sgraf_scoring.score_block`: the same numbers with less arithmetic.
-        Otherwise (training, or gradients requested) it is :meth:`reference`.
+        Otherwise (training, or gradients requested) it is
+        :func:`trainers.models.sgraf_scoring.train_scores`: the loss and gradients of
+        :meth:`reference`, computed in caption slices grouped by length (faster, less memory).
         """
         if scoring_without_grad(self):
             return score_block(self, regions, img_glo, words, word_valid, cap_glo, EPS)
-        return self.reference(regions, img_glo, words, word_valid, cap_glo)
+        return train_scores(self, regions, img_glo, words, word_valid, cap_glo, EPS)
 
     def reference(self, regions: Tensor, img_glo: Tensor, words: Tensor, word_valid: Tensor,
                   cap_glo: Tensor) -> Tensor:
