@@ -41,8 +41,8 @@ def detect(
                                        "(airsplay/HF, regressed boxes)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE",
                                help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."),
-    precision: Literal["fp32", "bf16", "fp16"] = typer.Option(
-        "fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = typer.Option(
+        "fp32", "--precision", help="fp32 (TF32 off on CUDA), tf32, or bf16 / fp16 autocast."),
     min_size: int = typer.Option(600, "--min-size", help="Short side after resizing."),
     max_size: int = typer.Option(1000, "--max-size", help="Longest side after resizing."),
     post_nms_topk: int = typer.Option(300, "--proposals", help="RPN proposals kept after NMS."),

@@ -27,7 +27,9 @@ def extract(
     min_size: int = typer.Option(600, "--min-size", help="Short side after resizing."),
     max_size: int = typer.Option(1000, "--max-size", help="Long side limit after resizing."),
     proposals: Optional[int] = typer.Option(None, "--proposals", help="RPN proposals kept after NMS (default: the detector's 300)."),
-    precision: Literal["fp32", "bf16", "fp16"] = typer.Option("fp32", "--precision", help="Autocast precision (GPU)."),
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = typer.Option(
+        "fp32", "--precision", help="fp32 (TF32 off on CUDA), tf32, or bf16 / fp16 autocast: see the "
+        "detector guide for what each changes."),
     device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", "--device", help="auto: GPU actors when the cluster has GPUs."),
     feature_dtype: Literal["float16", "float32"] = typer.Option("float16", "--feature-dtype", help="Stored feature dtype."),
     images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="Images root (overrides the one recorded in the collection)."),

@@ -26,7 +26,7 @@ def serve_command(
                                          "(default: the one recorded by itmflow embed)."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="BERT tokenizer directory "
                                             "or id (default: the model's)."),
-    device: str = typer.Option("cpu", "--device", help="Device for encoding text queries."),
+    device: str = typer.Option("auto", "--device", help="Device for encoding text queries (auto: CUDA when torch sees one)."),
     threads: int = typer.Option(1, "--threads", help="torch threads per text query (queries "
                                 "running at once are encoded in parallel)."),
 ) -> None:

@@ -72,7 +72,7 @@ class ServeConfig:
     """Model that encodes text queries; default: the one recorded by ``embed``."""
     tokenizer: str | None = None
     """BERT tokenizer directory or id; default: the model's."""
-    device: str = "cpu"
+    device: str = "auto"
     threads: int | None = 1
     """torch intra-op threads (process-wide; None: torch's default). One thread per query, with
     concurrent queries encoded in parallel, keeps latency steady on a busy machine: with 2 threads
