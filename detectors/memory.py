@@ -1,7 +1,7 @@
 """Keep a long-running CPU detector process's memory flat when image sizes vary.
 
-Measured in a plain process calling the BUTD detector on random-size images (README,
-"Extraction"): resident memory rose for as long as new shapes kept coming, for two reasons.
+Measured in a plain process calling the BUTD detector on random-size images (docs/guide/extraction.md,
+"Memory over a long run"): resident memory rose for as long as new shapes kept coming, for two reasons.
 
 1. Per-shape caches of oneDNN convolutions: ideep's LRU cache (``LRU_CACHE_CAPACITY``, 1024
    entries by default) and oneDNN's primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, 1024).

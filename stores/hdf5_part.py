@@ -10,7 +10,7 @@ version 1; root group; ``R`` = total regions of the part):
   image (a lookup touches exactly one chunk and fits h5py's 1 MiB chunk cache); variable K uses
   36-region chunks. ``boxes`` ``[R,4]``, ``geometry`` ``[R,5]``, ``object_ids``/``attr_ids`` int16 ``[R]``,
   ``object_conf``/``attr_conf`` float32 ``[R]`` (contiguous: they are small).
-* No compression: float features compress by 0-25% and any filter costs read time (spec §3.2).
+* No compression: float features compress by 0-25% and any filter costs read time (docs/reference/region-store.md).
 * Checks on read (:mod:`stores.integrity`): ``feature_checksum`` uint64 ``[n]``, one per image, checked
   after every read of a row's features; every other dataset carries the CRC32 of its values as the
   attribute ``itmflow.crc32``, checked when the reader loads it (whole, once per part and process).

@@ -3,7 +3,7 @@
 * Training: one item per caption of the training splits (``train`` + ``restval``, as all three
   authors train), the image looked up by id in the region store.
 * Evaluation: the images of one split that have at least 5 captions, in caption-store order, and
-  their first 5 captions in order — caption ``c`` belongs to image ``c // 5`` (spec §1.2).
+  their first 5 captions in order — caption ``c`` belongs to image ``c // 5`` (docs/guide/training.md).
 
 Collate functions build the batch dicts every model takes: images ``features`` [B,K,D] float32,
 ``geometry`` [B,K,5], ``num_regions`` [B]; captions ``bert_ids`` [B,L] (0-padded, [CLS]/[SEP]

@@ -1,4 +1,4 @@
-"""RPN anchors: the Caffe ``generate_anchors`` table (ratio-major order) and its shifts (spec §2.2).
+"""RPN anchors: the Caffe ``generate_anchors`` table (ratio-major order) and its shifts (docs/guide/detector.md).
 
 The Caffe RPN was trained with 12 anchors per cell, 3 ratios × 4 scales of a 16-px base box, in
 *ratio-major* order (index = ratio_idx·4 + scale_idx), with the legacy "+1" widths and integer

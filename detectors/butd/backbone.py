@@ -1,4 +1,4 @@
-"""ResNet-101 "C4" backbone in the MSRA/Caffe style used by bottom-up attention (spec §2.1).
+"""ResNet-101 "C4" backbone in the MSRA/Caffe style used by bottom-up attention (docs/guide/detector.md).
 
 Differences from torchvision's ResNet that matter for the Caffe weights: the stem max-pool has no
 padding and rounds up (Caffe), the stride of a down-sampling block sits in its first 1×1 conv, and
@@ -187,5 +187,5 @@ class ResNetC4(nn.Module):
 
 
 def make_res5(dilation: int = 2) -> nn.Sequential:
-    """res5 as the BUTD test net runs it on 14×14 pooled RoIs: stride 1, 3×3 dilation 2 (spec §1.1)."""
+    """res5 as the BUTD test net runs it on 14×14 pooled RoIs: stride 1, 3×3 dilation 2 (docs/guide/detector.md)."""
     return make_stage(3, 1024, 512, 2048, first_stride=1, dilation=dilation)

@@ -1,4 +1,4 @@
-"""Box operations with the legacy "+1" pixel convention of py-faster-rcnn (spec §2.2, §4.1).
+"""Box operations with the legacy "+1" pixel convention of py-faster-rcnn (docs/guide/detector.md).
 
 Caffe measured a box [x1, x2] as ``x2 - x1 + 1`` pixels wide. The weights were trained that way, so
 decoding and IoU keep the convention: IoU uses torchvision's kernels on boxes shifted by

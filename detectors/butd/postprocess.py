@@ -1,4 +1,4 @@
-"""Choose the regions to keep and turn them into store rows (spec §4.1, §4.3).
+"""Choose the regions to keep and turn them into store rows (docs/guide/detector.md).
 
 ``caffe`` selection reproduces ``generate_tsv.py``: for every one of the 1600 object classes, NMS
 (IoU 0.3, +1 convention) on the *proposal* boxes ranked by that class's probability; a box's

@@ -1,4 +1,4 @@
-"""Decode images with Pillow and prepare them as the Caffe test tool did (spec §3).
+"""Decode images with Pillow and prepare them as the Caffe test tool did (docs/guide/detector.md).
 
 Decoding: EXIF orientation applied; greyscale, palette, alpha, CMYK, 16-bit and 32-bit integer
 images all become 8-bit RGB (alpha is dropped, as ``cv2.imread`` does). Pillow's

@@ -1,5 +1,5 @@
 """Box head: RoI max-pooling 14×14 on res4, res5 (stride 1, dilation 2), mean pool → 2048-d,
-1601-way classifier, class-specific box deltas and the attribute head (spec §2.3).
+1601-way classifier, class-specific box deltas and the attribute head (docs/guide/detector.md).
 
 Canonical class order is Caffe's: class 0 = background, attribute 0 = "no attribute"; box-delta
 rows are raw (weights 1,1,1,1) for all 1601 classes. :mod:`detectors.butd.weights` converts the

@@ -1,4 +1,4 @@
-"""Region proposal network on res4, test-time proposal selection as Caffe's proposal layer (spec §2.2).
+"""Region proposal network on res4, test-time proposal selection as Caffe's proposal layer (docs/guide/detector.md).
 
 Head: 3×3 conv 1024→512 (bias) + ReLU, then 1×1 convs for objectness and 4·A deltas. Objectness is
 either one logit per anchor (sigmoid; detectron2 / airsplay / HF) or Caffe's 2·A channels with a

@@ -1,4 +1,4 @@
-"""Load the community BUTD checkpoints into our canonical module (spec §5).
+"""Load the community BUTD checkpoints into our canonical module (docs/guide/detector.md).
 
 Three layouts are recognised and mapped to the canonical state dict of
 :class:`detectors.butd.model.BUTDModel` (detectron2 module names; Caffe class order: background

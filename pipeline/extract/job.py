@@ -1,6 +1,6 @@
 """The extraction job: plan, start the workers, stream batches through them, commit in order.
 
-Design (argued in the README, "Extraction"): Ray core, not Ray Data. The driver is the only committer. It
+Design (argued in docs/design.md, "Extraction"): Ray core, not Ray Data. The driver is the only committer. It
 keeps a bounded window of batches in flight; each batch is one CPU decode task whose result
 reference goes straight into a detector actor call (the driver never touches the pixels), and the
 finished batches are committed strictly in collection order through a small reorder buffer, so a

@@ -5,7 +5,7 @@ The releases are ``torch.save`` pickles (legacy non-zip format for the torch-1.x
 ``argparse.Namespace`` (SGRAF/TERN ``opt``) and numpy scalars/dtypes (a metric such as
 ``best_ndcg`` may be a numpy float); anything else is refused with :class:`UnsafeCheckpointError`
 naming the global. :func:`load_authors_checkpoint` maps the keys strictly: every missing key and
-every unused key is named; the tensors the authors' models compute but never use (spec §2.4) are
+every unused key is named; the tensors the authors' models compute but never use (docs/guide/models.md) are
 expected, and listed in the import report.
 """
 
@@ -83,7 +83,7 @@ class ImportReport:
     loaded: int
     """Number of tensors copied into the model."""
     unused_expected: list[str] = field(default_factory=list)
-    """Tensors the authors' model holds but never uses (spec §2.4): dropped on purpose."""
+    """Tensors the authors' model holds but never uses (docs/guide/models.md): dropped on purpose."""
     filled: list[str] = field(default_factory=list)
     """Buffers absent from the file that keep their initial value (``num_batches_tracked``)."""
     info: dict[str, Any] = field(default_factory=dict)

@@ -1,6 +1,6 @@
 """ROUGE-L relevance matrices computed fast, and SPICE relevance (import, or compute with Java).
 
-Definition (TERN/TERAN ``evaluate_utils/rouge.py`` = pycocoevalcap's ROUGE-L, spec §2.5): tokens are
+Definition (TERN/TERAN ``evaluate_utils/rouge.py`` = pycocoevalcap's ROUGE-L, docs/guide/evaluation.md): tokens are
 ``caption.lower().split(" ")`` of the raw caption (punctuation stays attached; double or trailing
 spaces give empty tokens, which count and match each other). For a candidate c and the references
 r_1..r_5 of an image: P = max_r LCS(c, r)/|c| and R = max_r LCS(c, r)/|r| (the two maxima taken

@@ -1,7 +1,7 @@
 """SGRAF similarity for evaluation: the same numbers as the training path, with less arithmetic.
 
 Used by :class:`trainers.models.sgraf.EncoderSimilarity` when it is in eval mode and no gradient is
-recorded (scoring a test set). Every step is exact algebra on the authors' computation (spec §4.1);
+recorded (scoring a test set). Every step is exact algebra on the authors' computation (docs/guide/models.md);
 only float32 rounding differs (measured below 1e-6 on the final sigmoid):
 
 * **Captions grouped by length.** Each group is scored at its own word count, so no padded word is

@@ -155,7 +155,7 @@ def learning_rate(config: TrainConfig, epoch: int, iteration: int,
                   warmup: int | None = None) -> float:
     """LR used by global training iteration ``iteration`` (0-based) during ``epoch`` (0-based).
 
-    ``base · γ^(epoch // step) · min(1, (t + 2) / warmup)`` — spec §2.2: the authors call
+    ``base · γ^(epoch // step) · min(1, (t + 2) / warmup)`` — docs/guide/training.md: the authors call
     ``StepLR.step(epoch)`` then ``LinearWarmup.dampen()`` each iteration, and the warm-up
     constructor already consumed one step, hence ``t + 2``. Without warm-up this is SGRAF's
     ``lr · 0.1^(epoch // lr_update)``. ``warmup`` overrides ``config.warmup_iters`` (the capped
