@@ -11,6 +11,7 @@ resumed run writes exactly the bytes an uninterrupted one does. Memory is bounde
 from __future__ import annotations
 
 import collections
+import os
 import json
 import signal
 import threading
@@ -297,6 +298,10 @@ def _run(cfg: ExtractConfig, console: Console, on_batch: Callable[[dict[str, Any
         from pipeline.extract.preflight import check_weights
 
         check_weights(cfg.weights)  # before Ray: a bad file is one line, not 80
+    if cfg.device.startswith("cuda") and cfg.address is None and not os.environ.get("RAY_ADDRESS"):
+        from pipeline.extract.preflight import check_local_cuda
+
+        check_local_cuda(cfg.device)  # an embedded Ray has this machine's GPUs: say so before it starts
 
     import ray
 

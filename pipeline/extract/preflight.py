@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from itmflow.errors import CheckpointLayoutError, ItmflowError
+from itmflow.errors import CheckpointLayoutError, ConfigError, ItmflowError
 
 
 def _named(exc: ItmflowError, path: Path) -> ItmflowError:
@@ -76,3 +76,12 @@ def check_weights(spec: str) -> str:
         return detect_layout(_unwrap(obj, file))
     except ItmflowError as exc:
         raise _named(exc, path) from None
+
+
+def check_local_cuda(device: str) -> None:
+    """``--device cuda`` on this machine (embedded Ray): refuse at once when torch sees no GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch sees no CUDA GPU on this machine (and no "
+                          "--address names a cluster that has one); use --device cpu or auto")

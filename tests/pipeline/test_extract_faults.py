@@ -54,6 +54,22 @@ def test_out_that_is_an_existing_file_is_one_line(tmp_path, photo_dir):
     assert target.read_text() == "not a store\n"
 
 
+def test_device_cuda_without_a_gpu_is_refused_before_ray_starts(tmp_path, photo_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the refusal it checks cannot happen here")
+    coll = make_collection(tmp_path / "c.parquet", photo_dir, GOOD[:1])
+    start = time.perf_counter()
+    proc = _cli(str(coll), "--out", str(tmp_path / "store"), *TINY_CLI, "--device", "cuda")
+    took = time.perf_counter() - start
+    assert proc.returncode == 1
+    line = _one_error_line(proc)
+    assert "--device cuda" in line and "--device cpu" in line
+    assert "Ray" not in proc.stderr.replace(line, "")  # no Ray start-up output: refused before it
+    assert took < 10, took  # the refusal itself is ~2 s (torch import); Ray's start was 10+ s
+
+
 @pytest.mark.slow  # two CLI processes, each importing torch, then ~3 s of connection tries
 def test_unreachable_address_fails_within_the_timeout_naming_it(tmp_path, photo_dir):
     coll = make_collection(tmp_path / "c.parquet", photo_dir, GOOD[:1])
