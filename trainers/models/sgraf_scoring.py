@@ -195,12 +195,14 @@ def _folded_weights(steps: Any) -> list[tuple[Tensor, Tensor]]:
     """:class:`FoldedGraph`'s ``[A | Wgᵀ]`` and ``[c | bg]`` as differentiable functions of the
     parameters (computed once per training step; gradients flow back to ``Wq``, ``bq``, ``Wk``,
     ``Wg``, ``bg``). ``graph_key_w.bias`` only adds terms constant along the softmax axis, so its
-    true gradient is 0 and it is left out of the graph."""
+    true gradient is 0: it enters the graph multiplied by 0, so it gets exactly that (a parameter
+    without a gradient would stop DDP, which expects one for every parameter)."""
     out = []
     for s in steps:
         wk = s.graph_key_w.weight
         weight = torch.cat([s.graph_query_w.weight.t() @ wk, s.sim_graph_w.weight.t()], dim=1)
-        bias = torch.cat([s.graph_query_w.bias @ wk, s.sim_graph_w.bias])
+        bias = torch.cat([s.graph_query_w.bias @ wk + 0.0 * s.graph_key_w.bias.sum(),
+                          s.sim_graph_w.bias])
         out.append((weight, bias))
     return out
 
