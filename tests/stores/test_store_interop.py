@@ -17,9 +17,9 @@ from stores.convert import convert_store
 from stores.schema import SCHEMA_VERSION
 from tests._support.store_fixtures import ADAPTIVE, DETECTOR, FIXED, assert_row_equal, make_rows, write_store
 
-duckdb = pytest.importorskip("duckdb")
-pl = pytest.importorskip("polars")
-pd = pytest.importorskip("pandas")
+import duckdb  # noqa: E402  (the test extra installs them: a missing one is an error, not a skip)
+import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 DIM = 16  # small features keep the per-value Python conversions of DuckDB / polars cheap
 
