@@ -85,6 +85,9 @@ def extract(
         typer.echo(str(stop), err=True)
         raise typer.Exit(stop.exit_code) from None
     people_console(as_json).print(summary_table(summary))
+    labels = _labels_line(out) if summary.rows_in_store else None
+    if labels:
+        people_console(as_json).print(f"most frequent regions: {labels}")
     if as_json:
         print_json(summary.to_dict())
     if summary_json is not None:
@@ -99,6 +102,16 @@ def extract(
             f"{out}. See {out / 'failures.jsonl'} and fix the cause (a wrong --images root?), then "
             "rerun: images whose file was missing and exists now are tried again by themselves, "
             "others with --retry-failed")
+
+
+def _labels_line(out: Path) -> str | None:
+    """The store's most frequent region labels as names (``white shirt (12), ...``)."""
+    from pipeline.labels import top_labels, top_labels_text
+
+    try:
+        return top_labels_text(top_labels(out, k=6))
+    except Exception:  # the summary must not fail on a look at the labels
+        return None
 
 
 def plan_document(cfg) -> dict:

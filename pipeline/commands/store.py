@@ -73,7 +73,18 @@ def store_summary(path: Path) -> dict:
             **_random_init(m),
             "absent_fields": m.get("absent_fields", []), "parts": len(m["parts"]),
             "bytes": sum(int(p["bytes"]) for p in m["parts"]), "failures": n_fail,
-            "schema_version": m["schema_version"], **_what_users_ask(path, m), **_worker_shapes(m["parts"])}
+            "schema_version": m["schema_version"], **_what_users_ask(path, m), **_worker_shapes(m["parts"]),
+            "top_labels": _top_labels(path)}
+
+
+def _top_labels(path: Path) -> list[dict] | str:
+    """The most frequent region labels, as names (``white shirt``), for a first look."""
+    from pipeline.labels import top_labels
+
+    try:
+        return top_labels(path) or "none recorded"
+    except Exception:  # a damaged part is `store verify`'s business; inspect shows what it can
+        return "unreadable (run `itmflow store verify`)"
 
 
 def _what_users_ask(path: Path, m: dict) -> dict:
@@ -208,6 +219,11 @@ def inspect_cmd(
             continue
         if key == "worker_shapes":
             table.add_row("written by", _shape_text(summary))
+            continue
+        if key == "top_labels" and isinstance(value, list):
+            from pipeline.labels import top_labels_text
+
+            table.add_row("most frequent regions", top_labels_text(value))
             continue
         if key == "bytes" and value is not None:
             value = f"{_human(value)} ({value} B)"
