@@ -223,6 +223,7 @@ def run_sgraf_variant(module: str, batch: int, variant: str, steps: int) -> dict
         "batch_size": batch, "model_config": {"vocab_size": SCAN_VOCAB}, "device": "cpu"})
     torch.manual_seed(0)
     net = SGRAF(SgrafConfig(module=module, vocab_size=SCAN_VOCAB)).train()
+    net.sim_enc.fast_training = True  # measures the length-grouped path (off by default, see sgraf.py)
     optimizer = make_optimizer(net, cfg)
     stepper = net if variant == "itmflow" else _original_model(net)
     images, captions = _batch("sgraf-sgr", batch)

@@ -21,6 +21,7 @@ def model_and_batch(module: str, seed: int = 0, dtype: torch.dtype = torch.float
     torch.manual_seed(seed)
     model = SGRAF(SgrafConfig(module=module, vocab_size=50, feature_dim=FEATURES, word_dim=8,
                               embed_size=32, sim_dim=16)).train().to(dtype)
+    model.sim_enc.fast_training = True  # the path under test (off by default: see sgraf.py)
     g = torch.Generator().manual_seed(seed + 1)
     b = len(LENGTHS)
     ids = torch.zeros(b, max(LENGTHS), dtype=torch.long)
