@@ -19,7 +19,7 @@ from typing import Any
 KEY = "random_init_regions"
 #: The banner colour (pure red, so a test can find it in the pixels).
 BANNER_RGB = (220, 0, 0)
-BANNER_TEXT = "RANDOM WEIGHTS — results are meaningless"
+BANNER_TEXT = "RANDOM WEIGHTS: results are meaningless"  # ASCII: every font has the glyphs
 
 
 def random_init_of_manifest(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
