@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from itmflow.errors import CheckpointLayoutError, InputFileError
+from itmflow.errors import CheckpointLayoutError, InputFileError, ItmflowError
 from itmflow.files import sha256_file
 from itmflow.safe_pickle import restricted_load
 
@@ -243,6 +243,18 @@ def resolve_weights(spec: str | os.PathLike[str]) -> Path:
     return path
 
 
+def read_pickle_checkpoint(path: Path) -> Any:
+    """A ``.pkl`` checkpoint through the restricted unpickler; anything unreadable is one
+    :class:`CheckpointLayoutError` naming the file (a refused global keeps its own error)."""
+    try:
+        return restricted_load(path)
+    except ItmflowError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise CheckpointLayoutError(f"{path}: not a readable pickle ({first})") from None
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str, Path, dict[str, Any]]:
     """Read raw (unconverted) weights: (state dict, layout, weights file, HF config)."""
     config: dict[str, Any] = {}
@@ -263,13 +275,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str, Path, dic
     if not path.is_file():
         raise InputFileError(f"weights file {path} not found")
     if path.suffix == ".pkl":
-        try:
-            obj = restricted_load(path)
-        except CheckpointLayoutError:
-            raise
-        except Exception as exc:
-            raise CheckpointLayoutError(f"{path}: not a readable pickle ({exc})") from None
-        sd = _unwrap(obj, path)
+        sd = _unwrap(read_pickle_checkpoint(path), path)
         layout = detect_layout(sd)
         return sd, layout, path, config
     sd = _torch_load(path)

@@ -49,8 +49,7 @@ def check_weights(spec: str) -> str:
     :class:`ItmflowError` whose message names the file. Returns the layout name.
     """
     from detectors.butd.weights import (HF_CONFIG, HF_WEIGHTS, _unwrap, detect_layout,
-                                        resolve_weights)
-    from itmflow.safe_pickle import restricted_load
+                                        read_pickle_checkpoint, resolve_weights)
 
     path = resolve_weights(spec)  # a missing local path: InputFileError naming it
     try:
@@ -64,12 +63,7 @@ def check_weights(spec: str) -> str:
             obj = _keys_of_torch_file(file)
         elif path.suffix == ".pkl":
             file = path
-            try:
-                obj = restricted_load(path)
-            except ItmflowError:
-                raise
-            except Exception as exc:
-                raise CheckpointLayoutError(f"{path}: not a readable pickle ({_first_line(exc)})") from None
+            obj = read_pickle_checkpoint(path)
         else:
             file = path
             obj = _keys_of_torch_file(path)
