@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import torch
 
-from tests._support.synthetic_collection import write_synthetic_stores
 from trainers.training import train
 from trainers.training.config import TrainConfig, build_config
 from trainers.training.distributed import DistributedOptions, split_sizes
@@ -30,11 +29,9 @@ RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path):
-    """12 train + 4 restval images (80 captions: 10 batches of 8), 5 val, 5 test; 16-dim features."""
-    root = tmp_path_factory.mktemp("dist-stores")
-    return write_synthetic_stores(root, minilm_dir, splits={"train": 12, "restval": 4, "val": 5,
-                                                            "test": 5}, feature_dim=16, seed=3)
+def stores(small_stores):
+    """The shared small synthetic stores (tests/trainers/conftest.py)."""
+    return small_stores
 
 
 def config(model: str, **overrides: Any) -> TrainConfig:

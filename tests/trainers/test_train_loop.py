@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from itmflow.errors import ConfigError
-from tests._support.synthetic_collection import write_synthetic_stores
 from tests._support.tiny_bert import tiny_bert
 from trainers.training.config import TrainConfig, build_config, learning_rate
 from trainers.training import Trainer, train
@@ -23,14 +22,6 @@ TINY = {
              "layers": 1, "ff_dim": 64},
     "sgraf-saf": {"embed_size": 32, "word_dim": 16, "sim_dim": 16},
 }
-
-
-@pytest.fixture(scope="module")
-def small_stores(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path):
-    """12 train + 4 restval images (80 captions), 5 val, 5 test; features of 16 dims."""
-    root = tmp_path_factory.mktemp("small-stores")
-    return write_synthetic_stores(root, minilm_dir, splits={"train": 12, "restval": 4, "val": 5,
-                                                            "test": 5}, feature_dim=16, seed=3)
 
 
 def tiny_config(model: str, **overrides: Any) -> TrainConfig:

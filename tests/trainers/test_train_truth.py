@@ -13,18 +13,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests._support.synthetic_collection import write_synthetic_stores
 from trainers.training.config import build_config, effective_warmup, learning_rate
 
 SAF = {"embed_size": 32, "word_dim": 16, "sim_dim": 16}
-
-
-@pytest.fixture(scope="module")
-def small_stores(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path):
-    """12 train + 4 restval images (80 captions: 10 batches of 8 per epoch), 5 val, 5 test."""
-    root = tmp_path_factory.mktemp("truth-stores")
-    return write_synthetic_stores(root, minilm_dir, splits={"train": 12, "restval": 4, "val": 5,
-                                                            "test": 5}, feature_dim=16, seed=3)
 
 
 def saf_config(**overrides):
