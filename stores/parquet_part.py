@@ -476,7 +476,7 @@ class ParquetPartReader:
         """With mapped features: the whole part's other columns, decoded once and kept (~1.8 KB per
         image at K=36), so a lookup is a list index plus one memcpy — no Parquet decode at all."""
         if self._cached is None:
-            self._cached = (-1, self._read(list(range(len(self._starts) - 1)), threads=True))
+            self._cached = (-1, self._read(list(range(len(self._starts) - 1)), threads=False))
         return self._cached[1]
 
     def _group(self, g: int) -> Block:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -38,6 +39,7 @@ def contiguous_runs(offsets: list[int], nbytes: int, start: int, stop: int,
 
 
 _WORD = np.dtype("<u8")
+_SUM = np.add.reduce
 
 
 class RawRows:
@@ -89,6 +91,39 @@ class RawRows:
         want = self.checksums[i]
         if not self._words or int(buf.view(_WORD).sum()) != want:
             check_row(self.path, i, buf, want)  # the general sum; raises naming store, part and row
+
+    def in_order(self, start: int, stop: int, per_call: int) -> Iterator[np.ndarray]:
+        """Rows ``start:stop`` in order, ``per_call`` rows per ``preadv``, each checked as it is
+        handed out: the rows before a damaged one are handed out, then it raises. Only the rows of
+        the current call that are not yet handed out are held here.
+
+        The sequential read path, kept to one loop: measured at K=36 it costs ~19 µs per 147 KB
+        row on this box (copy ~15, checksum ~3.5), where the same steps through per-row method
+        calls cost ~2 µs more. The checks run in this thread, not in a helper: a helper reading
+        while this thread checks cost ~7 µs more CPU per row (GIL hand-overs, the bytes in the
+        other core's cache), and a helper that reads and checks was slower in wall time too.
+        """
+        offsets, nbytes, shape, dtype = self.offsets, self.nbytes, self.shape, self.dtype
+        sums = self.checksums
+        # The sum is taken on the row itself when its last axis is whole words (always at D=2048).
+        fast = sums is not None and (shape[-1] * np.dtype(dtype).itemsize) % 8 == 0 if shape else False
+        for a in range(start, stop, per_call):
+            b = min(stop, a + per_call)
+            bufs = [np.empty(shape, dtype) for _ in range(b - a)]
+            if offsets[b - 1] - offsets[a] == (b - 1 - a) * nbytes:  # back to back: one call
+                self._pread(bufs, offsets[a], f"rows {a}-{b - 1}")
+            else:
+                for i, j in contiguous_runs(offsets, nbytes, a, b):
+                    self._pread(bufs[i - a:j - a], offsets[i], f"rows {i}-{j - 1}")
+            bufs.reverse()
+            for i in range(a, b):
+                buf = bufs.pop()  # popped: a row handed out is no longer held here
+                if fast:
+                    if int(_SUM(buf.view(_WORD), axis=None)) != sums[i]:  # type: ignore[index]
+                        check_row(self.path, i, buf, sums[i])  # type: ignore[index]
+                elif sums is not None:
+                    check_row(self.path, i, buf, sums[i])
+                yield buf
 
     def read(self, start: int, stop: int) -> list[np.ndarray]:
         """Rows ``start:stop``, each its own array and checked, with one ``preadv`` per run of rows that
