@@ -184,3 +184,47 @@ def test_damage_far_into_a_part_raises_at_its_row(tmp_path, storage):
             got.append(row["image_id"])
     assert got == [r["image_id"] for r in rows[:77]]
     _assert_names_store_and_part(exc, store, f"data/part-00000.{EXT[storage]}")
+
+
+def test_one_pass_copy_and_checksum_matches_the_checksum_at_any_alignment():
+    """The compiled copy + sum (stores.rawrows.copy_and_checksum) returns feature_checksum of the
+    bytes it copies, for rows starting at every offset modulo 8 in the file's mapping."""
+    from stores.rawrows import copy_and_checksum
+
+    kernel = copy_and_checksum()
+    assert kernel is not None, "numba is a dependency: the one-pass path must be available"
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, 8 * 1000 + 16, dtype=np.uint8)
+    for shift in range(8):
+        src = data[shift:shift + 8 * 1000]
+        dst = np.empty(1000, dtype=np.uint64)
+        got = int(kernel(src.view(np.uint64), dst))
+        assert got == feature_checksum(src)
+        assert dst.view(np.uint8).tobytes() == src.tobytes()
+    src = data[:8 * 1000].copy()
+    before = int(kernel(src.view(np.uint64), np.empty(1000, dtype=np.uint64)))
+    src[4321] ^= 0x10
+    assert int(kernel(src.view(np.uint64), np.empty(1000, dtype=np.uint64))) != before
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "copy-then-sum"])
+@pytest.mark.parametrize("storage", ["parquet", "hdf5"])
+def test_both_sequential_read_paths_read_exactly_and_catch_damage(tmp_path, storage, one_pass, monkeypatch):
+    """Iteration copies rows out of a mapping and sums them in one pass (numba), or without numba
+    copies 4 rows per preadv and sums them after: both hand out the stored rows and stop at a
+    damaged one."""
+    import stores.rawrows
+
+    if not one_pass:
+        monkeypatch.setattr(stores.rawrows, "copy_and_checksum", lambda: None)
+    rows = make_rows(40, seed=27, dim=64)
+    store = write_store(tmp_path / "s", rows, storage=storage, rows_per_part=20)
+    for got, want in zip(open_region_store(store), rows, strict=True):
+        assert_row_equal(got, want, "float16")
+        assert got["features"].flags.writeable and got["features"].flags.owndata  # a fresh array
+    _flip(store / f"data/part-00001.{EXT[storage]}", rows[33]["features"].astype(np.float16).tobytes()[:512], 40)
+    seen = []
+    with pytest.raises(StoreCorruptError, match="row 13: features fail their checksum"):
+        for row in open_region_store(store):
+            seen.append(row["image_id"])
+    assert seen == [r["image_id"] for r in rows[:33]]
