@@ -542,6 +542,15 @@ def resolve(spec: str | os.PathLike[str], *, fetch: bool = True,
     return None
 
 
+def check_checkpoint_source(source: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint argument that is no existing path, no catalog name and no URL (what
+    ``trainers.checkpoints.load_model`` accepts), before anything is imported, fetched or loaded."""
+    text = str(source)
+    if Path(text).exists() or get_entry(text) is not None or is_url(text):
+        return
+    raise InputFileError(f"checkpoint {Path(text)} does not exist")
+
+
 def resolve_hub_dir(spec: str, patterns: list[str], required: list[list[str]]) -> Path:
     """A hub id's snapshot directory holding ``required`` (cache first, then the hub)."""
     cached = _hub_cached(spec, patterns, required)
@@ -611,5 +620,5 @@ def resolve_bert(spec: str | os.PathLike[str]) -> Path:
 
 
 __all__ = ["BERT_REQUIRED", "CATALOG", "DownloadError", "WeightsEntry", "cache_dir", "cached_path",
-           "download", "download_url", "get_entry", "hub_cache_dir", "hub_download", "hub_offline",
+           "check_checkpoint_source", "download", "download_url", "get_entry", "hub_cache_dir", "hub_download", "hub_offline",
            "resolve", "resolve_bert"]

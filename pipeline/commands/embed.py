@@ -110,12 +110,14 @@ def search_command(
 ) -> None:
     """Search an embedding directory by text or by image id; prints a table and writes a PNG per query."""
     from pipeline.commands._common import people_console, print_json
+    from pipeline.search.manifest import read_embedding_manifest
     from pipeline.search.query import SearchConfig, search_all
 
     texts = list(text) + (_read_queries(queries) if queries is not None else [])
     cfg = SearchConfig(directory=directory, texts=texts, image_ids=list(image), target=target,
                        top=top, images=images, model=model, tokenizer=tokenizer, png=png,
                        device=device, draw=not no_png).validate()
+    read_embedding_manifest(directory)  # not an embedding directory: said before torch and faiss load
     from rich.table import Table
 
     results = search_all(cfg)  # a random-weights warning goes to stderr

@@ -31,12 +31,15 @@ def serve_command(
                                 "running at once are encoded in parallel)."),
 ) -> None:
     """Serve an embedding directory: JSON API (/api, /openapi.json) and a web page (/)."""
+    from pipeline.search.manifest import read_embedding_manifest
+
+    if not 0 <= port <= 65535:
+        raise typer.BadParameter(f"--port must be 0..65535, got {port}")
+    read_embedding_manifest(embeddings)  # not an embedding directory: said before torch loads
     from rich.console import Console
 
     from pipeline.search.serve import ServeConfig, serve
 
-    if not 0 <= port <= 65535:
-        raise typer.BadParameter(f"--port must be 0..65535, got {port}")
     serve(ServeConfig(embeddings=embeddings, regions=regions, images=images, host=host, port=port,
                       model=model, tokenizer=tokenizer, device=device, threads=threads),
           console=Console(stderr=True))

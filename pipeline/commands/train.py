@@ -10,8 +10,9 @@ import typer
 
 
 def model_name(value: str) -> str:
-    """Check a model name against the registry (imported here, not when the CLI starts: torch)."""
-    from trainers.models import MODEL_NAMES
+    """Check a model name against the registry's names (their torch-free list: a usage error
+    comes back before torch is imported)."""
+    from trainers.model_names import MODEL_NAMES
 
     if value not in MODEL_NAMES:
         raise typer.BadParameter(f"{value!r} is not a model; choose one of {', '.join(MODEL_NAMES)} "
@@ -32,6 +33,19 @@ def _overrides(config_file: Optional[Path], options: dict[str, Any]) -> dict[str
     data = load_yaml(config_file) if config_file is not None else {}
     data.update({k: v for k, v in options.items() if v is not None})
     return data
+
+
+def _check_inputs(regions: Path, captions: Path, out: Path, *, resume: bool) -> None:
+    """What :func:`trainers.training.train` refuses first, checked by the same light functions
+    (no torch): the caption store's and the region store's manifests (in train's order), and
+    whether --out fits a new run (or, with --resume, holds one to continue)."""
+    from stores.captions import read_caption_manifest
+    from stores.manifest import load_manifest
+    from trainers.runs import check_run_dir
+
+    read_caption_manifest(captions)
+    load_manifest(regions)
+    check_run_dir(out, resume=resume)
 
 
 def train_command(
@@ -92,15 +106,11 @@ def train_command(
                                  "document on stdout (tables go to stderr)."),
 ) -> None:
     """Train TERN, TERAN or SGRAF with the paper's preset on our stores."""
-    from rich.console import Console
-    from rich.table import Table
-
     from itmflow.errors import ConfigError
-    from trainers.training.config import build_config
-    from trainers.training import train
-
     from pipeline.commands._common import people_console, pick, print_json
 
+    # Argument errors first, before torch (seconds) is imported: the model name (its callback),
+    # the YAML file, --word-vocab, the Ray options, both stores' manifests and --out / --resume.
     vocab = pick(vocab, vocab_old, "--vocab", "--word-vocab")
 
     options: dict[str, Any] = {
@@ -117,6 +127,17 @@ def train_command(
                               "the caption store was tokenized with")
         size = len(WordVocab.load(vocab))
         overrides.setdefault("model_config", {}).setdefault("vocab_size", size)
+    if workers <= 1 and (address is not None or gpus_per_worker is not None):
+        raise ConfigError("--address and --gpus-per-worker need --workers N with N > 1 (a "
+                          "Ray Train job); one worker trains in this process")
+    _check_inputs(regions, captions, out, resume=resume)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainers.training import train
+    from trainers.training.config import build_config
+
     cfg = build_config(model, overrides=overrides, where=str(config or "options"))
     console = Console(stderr=True)
     if workers > 1:
@@ -129,9 +150,6 @@ def train_command(
             summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
                             console=console, distributed=options_)
     else:
-        if address is not None or gpus_per_worker is not None:
-            raise ConfigError("--address and --gpus-per-worker need --workers N with N > 1 (a "
-                              "Ray Train job); one worker trains in this process")
         summary = train(cfg, regions, captions, out, resume=resume, bert=bert, vocab=vocab,
                         console=console)
     best = summary.get("best") or {}

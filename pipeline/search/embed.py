@@ -79,25 +79,30 @@ def _without_files(loader: DataLoader, files: list[str]) -> Iterator[dict[str, T
 
 def embed(config: EmbedConfig, *, console: Console | None = None) -> EmbedResult:
     """Embed every image of the region store (and the captions) and build the vector indexes."""
+    from itmflow.weights import check_checkpoint_source
+    from trainers.evaluation.report import run_model_dir
+
+    # --out and the model source are checked before torch is imported
+    out = Path(config.out)
+    if (out / "manifest.json").is_file() and not config.force:
+        raise ConfigError(f"{out} already holds embeddings (manifest.json); pass --force to "
+                          "replace them or choose another --out")
+    run = Path(config.model)
+    source = run_model_dir(run) if run.is_dir() else run
+    check_checkpoint_source(source)
+
     from rich.console import Console
     from torch.utils.data import DataLoader
 
     from pipeline.search.embeddings import choose_index, global_vectors, write_manifest, write_side
     from trainers.checkpoints import load_model
     from trainers.data import CaptionCollator, CaptionTable, ImageItems, RegionImages, collate_images
-    from trainers.evaluation.report import run_model_dir
     from trainers.models import MODELS, spec_of
     from itmflow.devices import resolve_device
 
     console = console or Console(stderr=True)
-    out = Path(config.out)
     choose_index(config.index, 0)                      # validate early
-    if (out / "manifest.json").is_file() and not config.force:
-        raise ConfigError(f"{out} already holds embeddings (manifest.json); pass --force to "
-                          "replace them or choose another --out")
     dev = resolve_device(config.device)
-    run = Path(config.model)
-    source = run_model_dir(run) if run.is_dir() else run
     model = load_model(source, device=dev)
     from itmflow.marks import metadata, run_random_init, store_random_init, warn
 

@@ -30,12 +30,12 @@ from torch import Tensor
 
 from itmflow.errors import ConfigError, InputFileError
 from itmflow.files import atomic_path, atomic_write_json
+from pipeline.search.manifest import FORMAT, read_embedding_manifest
 from trainers.models import MatchingModel
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-FORMAT = "itmflow.embeddings"
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX = 100_000
 """Up to this many vectors ``auto`` builds an exact index (a flat scan of 100k × 1024 floats is a
@@ -192,19 +192,11 @@ class EmbeddingDir:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> EmbeddingDir:
         """Read the manifest, the Parquet tables and the faiss indexes of every side present."""
-        import json
-
+        d = Path(path)
+        manifest = read_embedding_manifest(d)
         import faiss
         import pyarrow.parquet as pq
 
-        d = Path(path)
-        mpath = d / "manifest.json"
-        if not mpath.is_file():
-            raise InputFileError(f"{d} is not an embedding directory (no manifest.json); create "
-                                 "one with `itmflow embed RUN --regions STORE --out DIR`")
-        manifest = json.loads(mpath.read_text("utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise InputFileError(f"{mpath}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
         sides: dict[str, SideIndex] = {}
         for side, entry in manifest.get("sides", {}).items():
             table = pq.read_table(d / entry["parquet"])

@@ -5,7 +5,10 @@ come back before anything heavy is loaded, nothing is replaced without --force."
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +140,91 @@ def test_wrong_split_in_embed_is_answered_before_loading(stores, tmp_path: Path)
                               "--out", str(tmp_path / "e")])
     assert res.exit_code == 1 and "its splits are" in str(res.exception)
     assert time.perf_counter() - start < 1.0
+
+
+# Runs CLI calls in a fresh interpreter and says whether torch was imported by the end.
+_PROBE = """
+import json, sys, time
+from typer.testing import CliRunner
+from pipeline.cli import app
+results = []
+for argv in json.loads(sys.argv[1]):
+    start = time.perf_counter()
+    res = CliRunner().invoke(app, argv)
+    results.append({"exit": res.exit_code, "seconds": time.perf_counter() - start,
+                    "message": str(res.exception) if res.exit_code == 1 else res.output})
+print(json.dumps({"results": results, "torch": "torch" in sys.modules}))
+"""
+
+
+def _fresh_cli(calls: list[list[str]]) -> dict:
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(calls)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_wrong_model_in_train_is_a_usage_error_listing_the_models(tmp_path: Path) -> None:
+    from trainers.model_names import MODEL_NAMES
+
+    start = time.perf_counter()
+    res = runner.invoke(app, ["train", "nosuchmodel", "--regions", str(tmp_path / "r"), "--captions",
+                              str(tmp_path / "c"), "--out", str(tmp_path / "o")], terminal_width=200)
+    assert time.perf_counter() - start < 1.0
+    assert res.exit_code == 2, res.output
+    assert "'nosuchmodel' is not a model" in res.output
+    assert all(name in res.output for name in MODEL_NAMES)
+
+
+def test_argument_errors_are_answered_before_torch_is_imported(stores, tmp_path: Path) -> None:
+    regions, captions = str(stores.regions), str(stores.captions)
+    (tmp_path / "not-a-store").mkdir()
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "summary.json").write_text("{}")
+    out = str(tmp_path / "run")
+    calls = [  # (argv, exit status, words of the message)
+        (["train", "nosuchmodel", "--regions", regions, "--captions", captions, "--out", out], 2,
+         ["'nosuchmodel' is not a model", "sgraf-saf"]),
+        (["train", "tern", "--regions", str(tmp_path / "nope"), "--captions", captions, "--out", out],
+         1, [f"{tmp_path / 'nope'} is not a region store", "itmflow extract"]),
+        (["train", "tern", "--regions", str(tmp_path / "not-a-store"), "--captions", captions,
+          "--out", out], 1, [f"{tmp_path / 'not-a-store'} is not a region store"]),
+        (["train", "tern", "--regions", regions, "--captions", str(tmp_path / "nope"), "--out", out],
+         1, [f"{tmp_path / 'nope'} is not a caption store"]),
+        (["train", "tern", "--regions", regions, "--captions", captions, "--out", str(held)], 1,
+         [f"run directory {held} already holds a run", "--resume"]),
+        (["train", "tern", "--regions", regions, "--captions", captions, "--out", out, "--resume"], 1,
+         ["cannot resume", "training_state.pt does not exist"]),
+        (["train", "tern", "--regions", regions, "--captions", captions, "--out", out,
+          "--config", str(tmp_path / "no.yaml")], 1, [f"{tmp_path / 'no.yaml'} does not exist"]),
+        (["train", "sgraf-saf", "--regions", regions, "--captions", captions, "--out", out,
+          "--word-vocab", str(tmp_path / "no.json")], 1, [f"--word-vocab {tmp_path / 'no.json'}"]),
+        (["train", "tern", "--regions", regions, "--captions", captions, "--out", out,
+          "--address", "127.0.0.1:6379"], 1, ["--address and --gpus-per-worker need --workers"]),
+        (["evaluate", str(tmp_path / "no-run"), "--regions", regions, "--captions", captions], 1,
+         [f"{tmp_path / 'no-run'} is not a run directory"]),
+        (["evaluate", "--checkpoint", str(tmp_path / "no.pth"), "--regions", regions, "--captions",
+          captions], 1, [f"checkpoint {tmp_path / 'no.pth'} does not exist"]),
+        (["evaluate", "--sims", str(tmp_path / "no.npy"), "--regions", regions, "--captions",
+          captions], 1, [f"similarity file {tmp_path / 'no.npy'} does not exist"]),
+        (["embed", str(tmp_path / "no-run"), "--regions", regions, "--out", str(tmp_path / "e")], 1,
+         [f"checkpoint {tmp_path / 'no-run'} does not exist"]),
+        (["search", str(tmp_path / "no-emb"), "--text", "a dog"], 1,
+         [f"{tmp_path / 'no-emb'} is not an embedding directory"]),
+        (["serve", str(tmp_path / "no-emb")], 1, [f"{tmp_path / 'no-emb'} is not an embedding directory"]),
+    ]
+    doc = _fresh_cli([argv for argv, _, _ in calls])
+    for (argv, status, words), got in zip(calls, doc["results"]):
+        assert got["exit"] == status, (argv, got)
+        assert all(w in got["message"] for w in words), (argv, got["message"])
+        if status == 1:
+            assert "\n" not in got["message"], got["message"]  # one line
+        assert got["seconds"] < 1.0, (argv, got["seconds"])
+    assert doc["torch"] is False
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e").exists()
 
 
 # -- --force ----------------------------------------------------------------------------------

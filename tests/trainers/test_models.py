@@ -364,3 +364,17 @@ def test_registry_reads_each_models_declaration() -> None:
     assert listed.exit_code == 0 and all(name in listed.output for name in MODELS)
     bad = CliRunner().invoke(app, ["train", "vse", "--regions", "r", "--captions", "c", "--out", "o"])
     assert bad.exit_code == 2 and "sgraf-saf" in bad.output
+
+
+def test_the_torch_free_name_list_is_the_registrys() -> None:
+    from trainers.model_names import MODEL_NAMES, check_declared
+    from trainers.models import MODELS
+    from trainers.models import MODEL_NAMES as REGISTERED
+
+    assert MODEL_NAMES == REGISTERED == tuple(MODELS)
+    check_declared(tuple(MODELS))
+    # a model declared in SPECS but missing from the list (or the list in another order) stops
+    # the registry from importing, with both lists in the message
+    for declared in ([*MODELS, "vse"], list(reversed(MODELS)), ["tern"]):
+        with pytest.raises(RuntimeError, match=r"trainers/model_names\.py lists .* declare"):
+            check_declared(declared)

@@ -33,10 +33,10 @@ def load_model(source: str | os.PathLike[str], kind: str | None = None, *,
     (also as a catalog name of ``itmflow weights list`` or a URL, resolved through the cache)."""
     p = Path(source)
     if not p.exists():
-        from itmflow.weights import get_entry, is_url, resolve
+        from itmflow.weights import check_checkpoint_source, resolve
 
-        if get_entry(str(source)) is not None or is_url(str(source)):
-            p = resolve(str(source)) or p  # a name of `itmflow weights list`, or a URL
+        check_checkpoint_source(source)  # else a name of `itmflow weights list`, or a URL
+        p = resolve(str(source)) or p
     if p.is_dir():
         return from_pretrained(p, device=device)
     return load_authors_checkpoint(p, kind, bert=bert, device=device)

@@ -231,11 +231,17 @@ def compute_ndcg(sims: np.ndarray, inputs: EvalInputs, *, folds: int,
     return results, pooled, {m: str(p) for m, p in files.items()}
 
 
-def load_sims(path: str | os.PathLike[str], n_img: int, n_cap: int) -> np.ndarray:
-    """A similarity matrix saved with ``--save-sims`` (``.npy``), checked against the split."""
+def check_sims_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path`, refused when no such file exists (checked before loading)."""
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"similarity file {p} does not exist")
+    return p
+
+
+def load_sims(path: str | os.PathLike[str], n_img: int, n_cap: int) -> np.ndarray:
+    """A similarity matrix saved with ``--save-sims`` (``.npy``), checked against the split."""
+    p = check_sims_file(path)
     try:
         sims = np.load(p, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -260,5 +266,5 @@ def save_sims(path: str | os.PathLike[str], sims: np.ndarray) -> Path:
     return p
 
 
-__all__ = ["EvalInputs", "EvalReport", "check_rouge_alignment", "compute_ndcg",
+__all__ = ["EvalInputs", "EvalReport", "check_rouge_alignment", "check_sims_file", "compute_ndcg",
            "load_sims", "run_model_dir", "save_sims", "summarize"]

@@ -24,8 +24,8 @@ import numpy as np
 
 from itmflow.errors import ConfigError
 from trainers.evaluation.recall import CAPTIONS_PER_IMAGE
-from trainers.evaluation.report import (EvalInputs, EvalReport, compute_ndcg, load_sims,
-                                        run_model_dir, save_sims, summarize)
+from trainers.evaluation.report import (EvalInputs, EvalReport, check_sims_file, compute_ndcg,
+                                        load_sims, run_model_dir, save_sims, summarize)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -147,6 +147,16 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
 
     ``console`` receives progress (scoring lines, bars, notes about skipped captions).
     """
+    from itmflow.weights import check_checkpoint_source
+
+    # wrong settings and model sources are answered before torch is imported
+    config.validate()
+    mdir = run_model_dir(config.run) if config.run is not None else None
+    for ck in config.checkpoints:
+        check_checkpoint_source(ck)
+    for sims in config.sims:
+        check_sims_file(sims)
+
     import torch
     from rich.console import Console
     from torch.utils.data import DataLoader
@@ -157,7 +167,6 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     from trainers.scoring import ensemble, score_matrix
     from itmflow.devices import resolve_device
 
-    config.validate()
     console = console or Console(stderr=True)
     dtype = {"float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[config.buffer_dtype]
@@ -168,8 +177,7 @@ def evaluate(config: EvalConfig, *, console: Console | None = None) -> EvalResul
     t0 = time.perf_counter()
     models: list[MatchingModel] = []
     sources: list[str] = []
-    if config.run is not None:
-        mdir = run_model_dir(config.run)
+    if mdir is not None:
         models.append(load_model(mdir, device=dev))
         sources.append(str(mdir))
     for ck in config.checkpoints:

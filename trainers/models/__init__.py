@@ -2,8 +2,10 @@
 
 Names: ``tern``, ``teran``, ``sgraf-sgr`` and ``sgraf-saf`` (:data:`MODELS`); the architecture
 kinds stored in checkpoints are ``tern``, ``teran`` and ``sgraf`` (its module taken from the
-config). Adding a model: write its module with ``SPECS`` (:class:`ModelSpec`) and add the module to
-:data:`_MODULES` below — data loading, presets, evaluation, ``embed`` and the CLI read the rest.
+config). Adding a model: write its module with ``SPECS`` (:class:`ModelSpec`), add the module to
+:data:`_MODULES` below and its names to :data:`trainers.model_names.MODEL_NAMES` (the torch-free
+list the CLI checks arguments against; importing this registry fails while the two differ) — data
+loading, presets, evaluation, ``embed`` and the CLI read the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Union
 
 from itmflow.config import from_dict, merge
 from itmflow.errors import ConfigError
+from trainers.model_names import check_declared
 from trainers.models import sgraf, teran, tern
 from trainers.models.common import (
     Embeddings,
@@ -34,6 +37,7 @@ ModelConfig = Union[TernConfig, TeranConfig, SgrafConfig]
 MODELS: dict[str, ModelSpec] = {spec.name: spec for module in _MODULES for spec in module.SPECS}
 """Every model a user can name, in the order ``--help`` lists them."""
 MODEL_NAMES = tuple(MODELS)
+check_declared(MODEL_NAMES)  # the torch-free copy the CLI checks arguments against (trainers.model_names)
 MODEL_CLASSES: dict[str, tuple[type, type[MatchingModel]]] = {
     spec.kind: (spec.config_class, spec.model_class) for spec in MODELS.values()}
 """``kind`` (as stored in checkpoints) → ``(config class, model class)``."""

@@ -4,7 +4,8 @@ Each model module ends with ``SPECS``: one :class:`ModelSpec` per name a user ca
 (``tern``; ``sgraf-sgr`` and ``sgraf-saf`` are one class with a config value fixed by the name).
 The registry (:mod:`trainers.models`) collects them; data loading (what to read from the stores),
 training presets, evaluation, ``embed`` (global vectors) and the CLI's model choice read them.
-Adding a model: write its module with its ``SPECS`` and list the module in the registry.
+Adding a model: write its module with its ``SPECS``, list the module in the registry and its
+names in :mod:`trainers.model_names` (checked against ``SPECS`` when the registry is imported).
 """
 
 from __future__ import annotations

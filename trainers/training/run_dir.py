@@ -34,9 +34,9 @@ from itmflow.files import atomic_path, atomic_write_bytes, atomic_write_json, fs
 from itmflow.provenance import provenance
 from trainers.checkpoints import save_pretrained
 from trainers.models import MatchingModel
+from trainers.runs import STATE_FILE, check_run_dir
 from trainers.training.config import RESUMABLE_CHANGES, TrainConfig, config_diff
 
-STATE_FILE = "training_state.pt"
 STATE_FORMAT = "itmflow.training_state"
 
 
@@ -45,7 +45,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
     Not :func:`itmflow.files.atomic_path`: that renames a file over its target in one step, and a
     directory cannot be renamed over a non-empty one. So the old copy is moved aside first and
-    removed only after the new one is in place; :func:`recover_dir` repairs a crash in between.
+    removed only after the new one is in place; :func:`trainers.runs.recover_dir` repairs a
+    crash in between.
     The files inside were made durable when written; the parent is fsynced after the swap.
     """
     old = final.with_name(f".{final.name}.old")
@@ -57,13 +58,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old)
-
-
-def recover_dir(final: Path) -> None:
-    """If a crash hit between the two renames of :func:`replace_dir`, put the old copy back."""
-    old = final.with_name(f".{final.name}.old")
-    if not final.exists() and old.exists():
-        os.replace(old, final)
 
 
 class RunDir:
@@ -79,11 +73,8 @@ class RunDir:
     def prepare(self, config: TrainConfig, *, resume: bool) -> None:
         """Check the directory fits a new run (or, resuming, the saved run) and create it."""
         cfg_file = self.path / "config.yaml"
+        check_run_dir(self.path, resume=resume)  # no last/ state to resume, or a run already there
         if resume:
-            recover_dir(self.path / "last")
-            if not (self.path / "last" / STATE_FILE).is_file():
-                raise ConfigError(f"cannot resume: {self.path / 'last' / STATE_FILE} does not exist; "
-                                  "start the run without --resume")
             if cfg_file.is_file():
                 import yaml
 
@@ -95,10 +86,6 @@ class RunDir:
                         f"cannot resume {self.path}: the configuration differs from the saved "
                         f"{cfg_file} in {changed}; use the same settings (only "
                         f"{sorted(RESUMABLE_CHANGES)} may change) or start a new run directory")
-        elif (self.path / "last").exists() or (self.path / ".last.old").exists() or \
-                (self.path / "summary.json").exists():  # a finished --keep best run has no last/
-            raise ConfigError(f"run directory {self.path} already holds a run; pass --resume to "
-                              "continue it or choose another --out")
         elif self.log_file.exists():
             # A run that stopped before its first checkpoint: nothing to resume, start afresh.
             self.log_file.unlink()
