@@ -16,7 +16,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from detectors.butd.settings import BUTDSettings
 from itmflow.errors import ConfigError

@@ -7,7 +7,6 @@ hands it the app's commands (:func:`app_commands`), so dependencies point one wa
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
