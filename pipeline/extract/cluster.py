@@ -147,9 +147,14 @@ def ray_session(address: str | None, *, num_cpus: int | None = None,
         else:
             for key, value in _QUIET_ENV.items():
                 os.environ.setdefault(key, value)
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     object_store_memory=object_store, log_to_driver=False,
-                     logging_level="ERROR", configure_logging=False)
+            try:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         object_store_memory=object_store, log_to_driver=False,
+                         logging_level="ERROR", configure_logging=False)
+            except BaseException:  # a signal (or an error) while Ray starts: stop what it started
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                raise
         owned = True
     try:
         resources = ray.cluster_resources()

@@ -278,6 +278,12 @@ def run_extract(cfg: ExtractConfig, *, console: Console | None = None,
         return _run(cfg, console, on_batch, signals)
     except _Stop as stop:
         raise ExtractInterrupted(stop.signum, _rows_in_store(Path(cfg.out))) from None
+    except SystemExit as exit_:
+        # ray.init puts in its own SIGTERM handler (``sys.exit(signum)``) until ours is back
+        # (``signals.install`` after it): a SIGTERM while Ray starts arrives as this.
+        if exit_.code != signal.SIGTERM:
+            raise
+        raise ExtractInterrupted(signal.SIGTERM, _rows_in_store(Path(cfg.out))) from None
     finally:
         signals.restore()
 

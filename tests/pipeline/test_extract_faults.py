@@ -307,3 +307,38 @@ def test_each_part_records_the_worker_shape_and_inspect_shows_it(tmp_path, six_c
     result = CliRunner().invoke(app, ["store", "inspect", str(out)])
     assert result.exit_code == 0, result.output
     assert "not recorded" in result.output
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_ray_starts_is_one_line_too(tmp_path, six_collection, sig, code):
+    """A stop signal while ``ray.init`` is starting the embedded Ray: for SIGTERM that is Ray's own
+    handler (``sys.exit(15)``), which used to end the run with exit 15 and no word. The signal is
+    sent as soon as Ray's session directory appears (RAY_TMPDIR points it into tmp_path), before
+    the driver has finished starting Ray (it prints "Ray logs:" after)."""
+    ray_tmp = tmp_path / "rt"
+    ray_tmp.mkdir()
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "pipeline", "extract", str(six_collection), "--out", str(out), *TINY_CLI,
+           "--batch-size", "2", "--part-size", "2", "--num-cpus", "2"]
+    env = {k: v for k, v in ENV.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(ray_tmp.glob("ray/session_2*")):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "Ray never started"
+            time.sleep(0.02)
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else os.kill(proc.pid, sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = stdout + stderr
+    assert "Ray logs" not in text, "the signal came after Ray had started: the test did not hit its window"
+    assert proc.returncode == code, text[-3000:]
+    assert "Traceback" not in text and "***" not in text, text[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted: 0 images committed; rerun the same command to resume"
