@@ -205,3 +205,32 @@ def test_store_convert_cli_upgrades_v1_without_to(tmp_path):
     with open_region_store(tmp_path / "v2") as reader:
         for got, want in zip(reader, rows):
             assert_row_equal(got, want, "float16")
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "variable"])
+def test_parquet_store_reads_with_hugging_face_datasets(tmp_path, adaptive):
+    """``datasets.load_dataset("parquet", ...)`` with the features of stores.interop.plain_schema
+    (datasets refuses Arrow extension types: the fixed-K tensors are given as their storage)."""
+    import datasets
+
+    from stores.interop import plain_schema
+
+    rows = make_rows(7, dim=DIM, seed=5, adaptive=adaptive)
+    store = write_store(tmp_path / "s", rows, adaptive=adaptive, rows_per_part=3)
+    want = _expected(store)
+    features = datasets.Features.from_arrow_schema(plain_schema(store))
+    got = datasets.load_dataset("parquet", data_files=str(store / "data" / "*.parquet"), split="train",
+                                features=features, cache_dir=str(tmp_path / "hf-cache"))
+    assert got.num_rows == len(rows)
+    table = got.data.table  # the Arrow table datasets holds: the stored values, not a conversion
+    _check(table["image_id"].to_pylist(), [np.asarray(v.values) for v in table["features"]],
+           [np.asarray(v.values) for v in table["boxes"]], want, "float16")
+
+
+def test_plain_schema_refuses_an_hdf5_store(tmp_path):
+    from itmflow.errors import StoreError
+    from stores.interop import plain_schema
+
+    store = write_store(tmp_path / "s", make_rows(2, dim=DIM, seed=6), storage="hdf5")
+    with pytest.raises(StoreError, match="hdf5 store"):
+        plain_schema(store)
