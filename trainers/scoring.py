@@ -9,7 +9,9 @@ host buffers of every token vector (13–20 GB for COCO 5K, hours of run time). 
 2. ``model.similarity(img_block, cap_block)`` — vectorised over both axes — scores blocks of
    ``img_block × cap_block`` pairs; block sizes follow from ``max_memory_gb`` and a per-pair memory
    estimate of the model (:func:`pair_bytes`). Blocks are cast to float32 on the device before
-   scoring, so the arithmetic is the model's own float32 arithmetic.
+   scoring, so the arithmetic is the model's own float32 arithmetic (float64 for a model whose
+   weights are float64, :func:`~trainers.models.common.compute_dtype`: the validation of a
+   ``dtype: float64`` training run; its buffers stay float32).
 3. Scores are written into one float32 ``[n_images, n_captions]`` matrix (or a memmap given as
    ``out``), with a rich progress bar over pairs.
 
@@ -29,8 +31,8 @@ import torch
 from torch import Tensor
 
 from itmflow.errors import ConfigError
-from trainers.models.common import (Embeddings, MatchingModel, embeddings_to, index_embeddings,
-                                    num_items)
+from trainers.models.common import (Embeddings, MatchingModel, compute_dtype, embeddings_to,
+                                    index_embeddings, num_items)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -176,18 +178,19 @@ def score_encoded(model: MatchingModel, images: EncodedChunks, captions: Encoded
                                        max_memory_gb, n_img, n_cap)
     img_pieces = _split(images, img_block)
     cap_pieces = _split(captions, cap_block)
+    dtype = compute_dtype(model)  # float32 (float64 only for a float64-trained model)
     if torch.device(device).type != "cpu" and captions.nbytes() * 2 <= max_memory_gb * (1 << 30):
         # On an accelerator, upload the caption side once instead of once per image block
         # when the float32 copies fit in the memory budget.
-        cap_pieces = [(c0, embeddings_to(cap, device, torch.float32)) for c0, cap in cap_pieces]
+        cap_pieces = [(c0, embeddings_to(cap, device, dtype)) for c0, cap in cap_pieces]
     with _progress(progress, console) as bar:
         task = bar.add_task("score pairs", total=n_img * n_cap)
         for i0, img in img_pieces:
-            img_dev = embeddings_to(img, device, torch.float32)
+            img_dev = embeddings_to(img, device, dtype)
             ni = num_items(img)
             for c0, cap in cap_pieces:
                 nc = num_items(cap)
-                sims = model.similarity(img_dev, embeddings_to(cap, device, torch.float32))
+                sims = model.similarity(img_dev, embeddings_to(cap, device, dtype))
                 out[i0:i0 + ni, c0:c0 + nc] = sims.float().cpu().numpy()
                 bar.advance(task, ni * nc)
     return out

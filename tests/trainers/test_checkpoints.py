@@ -341,6 +341,26 @@ def test_save_pretrained_round_trip(tmp_path, which):
     assert type(load_model(out)) is type(model)
 
 
+def test_float64_weights_load_rounded_or_exactly(tmp_path):
+    """A ``dtype: float64`` run saves float64 tensors: the default load rounds them into the
+    float32 model (evaluation, embedding); ``dtype=torch.float64`` (what --resume passes) keeps
+    them exactly, and the float64 model scores what its float32 rounding scores, to rounding."""
+    model = sgraf_model("SGR").double()
+    out = save_pretrained(model, tmp_path / "m")
+    rounded = from_pretrained(out)
+    exact = from_pretrained(out, dtype=torch.float64)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert rounded.state_dict()[key].dtype == torch.float32
+            assert torch.equal(rounded.state_dict()[key], value.float())
+            assert torch.equal(exact.state_dict()[key], value)
+    imgs, caps = images(), word_captions()
+    with torch.no_grad():
+        high = exact(imgs, caps)
+        assert high.dtype == torch.float64
+        torch.testing.assert_close(rounded(imgs, caps), high.float(), rtol=1e-5, atol=1e-6)
+
+
 def test_from_pretrained_errors_name_the_problem(tmp_path):
     model = sgraf_model("SGR")
     out = save_pretrained(model, tmp_path / "m")

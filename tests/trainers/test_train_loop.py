@@ -72,6 +72,56 @@ def test_resume_continues_bit_for_bit(model: str, small_stores, tmp_path: Path) 
     assert moved
 
 
+@pytest.mark.slow
+def test_float64_run_resumes_exactly_and_its_checkpoint_evaluates(small_stores, tmp_path: Path
+                                                                  ) -> None:
+    """``dtype: float64``: weights, optimiser state and checkpoints in float64, from the float32
+    run's initial weights; resume is bit-exact; the checkpoint loads (rounded to float32) and
+    evaluates; float32 + float64 agree on the first loss to float32 rounding."""
+    from trainers.checkpoints import from_pretrained
+    from trainers.training.validation import evaluate_split
+
+    regions, captions = small_stores.regions, small_stores.captions
+    f64 = {"dtype": "float64", "val_every": 3, "warmup_iters": 2}
+    straight = train(tiny_config("sgraf-saf", max_steps=5, **f64), regions, captions,
+                     tmp_path / "a")
+    train(tiny_config("sgraf-saf", max_steps=3, **f64), regions, captions, tmp_path / "b")
+    resumed = train(tiny_config("sgraf-saf", max_steps=5, **f64), regions, captions,
+                    tmp_path / "b", resume=True)
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert {v.dtype for v in wa.values() if v.is_floating_point()} == {torch.float64}
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert straight["best_score"] == resumed["best_score"]
+    state = torch.load(tmp_path / "a" / "last" / "training_state.pt", weights_only=False)
+    moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items()
+               if k.startswith("exp_avg")]
+    assert moments and {m.dtype for m in moments} == {torch.float64}
+    # The same initial weights as float32, so the first loss agrees to float32 rounding.
+    train(tiny_config("sgraf-saf", max_steps=1, val_every=0, warmup_iters=2), regions, captions,
+          tmp_path / "c")
+    assert losses(tmp_path / "c")[1] == pytest.approx(losses(tmp_path / "a")[1], rel=1e-5)
+    # Outside --resume the checkpoint loads into the float32 model and evaluates as usual.
+    model = from_pretrained(tmp_path / "a" / "best")
+    assert next(model.parameters()).dtype == torch.float32
+    metrics = evaluate_split(model, _data(small_stores, "sgraf-saf"), "val")
+    assert metrics.rsum >= 0
+
+
+def test_float64_is_refused_with_amp_on_cuda() -> None:
+    from trainers.training.config import check_precision
+
+    with pytest.raises(ConfigError, match=r"config\.dtype: float64 contradicts amp: bf16 on CUDA"):
+        tiny_config("sgraf-saf", dtype="float64", device="cuda")
+    tiny_config("sgraf-saf", dtype="float64", device="cuda", amp="off")  # no GPU needed to check
+    auto = tiny_config("sgraf-saf", dtype="float64", device="auto", amp="fp16")
+    check_precision(auto, "cpu")  # amp does nothing on CPU
+    with pytest.raises(ConfigError, match="set amp: off"):
+        check_precision(auto, "cuda")  # device auto: checked once it is resolved
+    with pytest.raises(ConfigError, match="dtype"):
+        tiny_config("sgraf-saf", dtype="float16")
+
+
 def _data(stores, model: str):
     from trainers.data import MatchingData
 

@@ -78,10 +78,13 @@ def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def from_pretrained(directory: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                    verify: bool = False) -> MatchingModel:
+                    verify: bool = False, dtype: torch.dtype | None = None) -> MatchingModel:
     """Rebuild a model saved by :func:`save_pretrained`, in eval mode, without training state.
 
-    ``verify`` checks the weights file against the sha256 in the config first.
+    ``verify`` checks the weights file against the sha256 in the config first. The model is built
+    in float32 and the file's floating tensors are cast into it — float64 weights (a run trained
+    with ``dtype: float64``) are rounded — unless ``dtype`` names the model's floating dtype
+    (``--resume`` of such a run passes float64 and loads them exactly).
     """
     from safetensors.torch import load_file
 
@@ -95,6 +98,8 @@ def from_pretrained(directory: str | os.PathLike[str], *, device: str | torch.de
     kind = meta["kind"]
     config = config_from_dict(kind, meta["config"], where=f"{directory}/{CONFIG_FILE}:config")
     model = MODEL_CLASSES[kind][1](config)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for damaged files

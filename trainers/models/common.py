@@ -254,6 +254,21 @@ def embeddings_to(emb: Embeddings, device: torch.device | str | None = None,
     return move(emb)
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` widened to float32, or as it is when already float64 (a ``dtype: float64`` run):
+    losses and batch statistics are computed in at least float32 whatever autocast produced."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype scoring feeds ``model``: float64 when its weights are float64 (a model trained
+    with ``dtype: float64`` and kept in it), else float32."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return torch.float64 if p.dtype == torch.float64 else torch.float32
+    return torch.float32
+
+
 def num_items(emb: Embeddings) -> int:
     """Number of items (dim 0) of a tensor or dict embedding."""
     if isinstance(emb, dict):

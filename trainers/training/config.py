@@ -63,7 +63,13 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many global iterations (null = run all epochs)."""
     amp: Literal["bf16", "fp16", "off"] = "bf16"
-    """Mixed precision on CUDA (ignored on CPU, where training is float32)."""
+    """Mixed precision on CUDA (ignored on CPU, where training runs in ``dtype``)."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating dtype of the weights, the optimiser state, the batches' floating inputs and the
+    loss. ``float64`` is for verification on CPU — arithmetic without float32 rounding, e.g. to show
+    that N workers train the weights of one process — not for real training; on CUDA it needs
+    ``amp: off``. Its checkpoints hold float64 tensors: ``--resume`` continues in float64, every
+    other loader rounds them into the float32 model."""
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     workers: int = 0
@@ -132,6 +138,22 @@ def validate(config: TrainConfig, *, where: str = "config") -> None:
         raise ConfigError(f"{where}.max_steps: must be positive or null, got {config.max_steps}")
     if config.val_images is not None and config.val_images <= 0:
         raise ConfigError(f"{where}.val_images: must be positive or null, got {config.val_images}")
+    if config.device != "auto":
+        check_precision(config, config.device.split(":")[0], where=where)
+
+
+def check_precision(config: TrainConfig, device_type: str, *, where: str = "config") -> None:
+    """Refuse ``dtype: float64`` where it cannot mean what it says: on CUDA with ``amp`` on (the
+    forward pass would run in bf16/fp16), and on Apple's ``mps`` (no float64). ``device_type`` is
+    the resolved device's type (``auto`` is checked again once it is resolved)."""
+    if config.dtype != "float64":
+        return
+    if device_type == "cuda" and config.amp != "off":
+        raise ConfigError(f"{where}.dtype: float64 contradicts amp: {config.amp} on CUDA (autocast "
+                          "would compute the forward pass in half precision); set amp: off, or "
+                          "train in float32")
+    if device_type == "mps":
+        raise ConfigError(f"{where}.dtype: float64 is not supported on mps; use device: cpu")
 
 
 def effective_warmup(config: TrainConfig, total_steps: int) -> tuple[int, str | None]:

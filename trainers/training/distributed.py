@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from itmflow.errors import ConfigError
-from trainers.models.common import Embeddings
+from trainers.models.common import Embeddings, at_least_float32
 
 
 @dataclass
@@ -215,9 +215,9 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         dims = [0] if x.dim() == 2 else [0, 2]
         shape = [1, -1] + ([1] if x.dim() == 3 else [])
-        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
+        xf = at_least_float32(x)  # float32 statistics under autocast, float64 in a float64 run
+        count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device, dtype=xf.dtype)
         dist.all_reduce(count, op=dist.ReduceOp.SUM)
-        xf = x.float()
         mean = _AllReduceSum.apply(xf.sum(dim=dims)) / count
         centred = xf - mean.view(shape)
         var = _AllReduceSum.apply(centred.pow(2).sum(dim=dims)) / count
@@ -309,7 +309,7 @@ class GlobalBatchScorer(nn.Module):
         block = model.similarity(img_all, cap)                     # [B, B_r]
         if self._saf:
             _merge_saf_running_stats(self._saf, before, counts, rank)
-        return gather_rows(block.float().t(), counts, rank).t()     # [B, B]
+        return gather_rows(at_least_float32(block).t(), counts, rank).t()     # [B, B]
 
 
 def wrap_for_training(model: nn.Module, ctx: WorkerContext) -> nn.Module:

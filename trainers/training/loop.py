@@ -2,9 +2,10 @@
 
 One :class:`Trainer` runs a preset (:mod:`trainers.training.config`) on a region store + caption
 store (:mod:`trainers.data`): Adam with the paper's closed-form LR schedule, VSE++ max-violation
-hinge loss on the model's ``[B,B]`` scores, gradient clipping, mixed precision on CUDA, validation
-on the val split by rsum every ``val_every`` iterations and at each epoch end, into a run
-directory (:mod:`trainers.training.run_dir`).
+hinge loss on the model's ``[B,B]`` scores, gradient clipping, mixed precision on CUDA (or, for
+verification, everything in float64: ``dtype``), validation on the val split by rsum every
+``val_every`` iterations and at each epoch end, into a run directory
+(:mod:`trainers.training.run_dir`).
 
 Resuming (``resume=True``) reloads ``last/`` — weights, optimiser, AMP scaler, epoch, position in
 the epoch, global step, best score and every RNG state — so N steps + resume + M steps gives the
@@ -35,7 +36,7 @@ from itmflow.files import atomic_write_json
 from itmflow.marks import metadata as mark_metadata, random_init_of_manifest
 from trainers.checkpoints import from_pretrained
 from trainers.data import EpochBatchSampler, MatchingData, PairCollator, ShardedBatchSampler
-from trainers.training.config import TrainConfig, effective_warmup, learning_rate
+from trainers.training.config import TrainConfig, check_precision, effective_warmup, learning_rate
 from trainers.training.model import build_model, check_region_policy, make_optimizer
 from trainers.training.rng import rng_state, seed_everything, set_rng_state
 from trainers.training.run_dir import RunDir
@@ -80,6 +81,9 @@ class Trainer:
         self.worker = worker
         self.is_main = worker is None or worker.is_main
         self.device = worker.device if worker is not None else resolve_device(config.device)
+        check_precision(config, self.device.type)
+        #: the floating dtype of the weights and inputs (``dtype``; float64 only for verification)
+        self.dtype: torch.dtype = getattr(torch, config.dtype)
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
         self._plotted = -math.inf
@@ -107,9 +111,13 @@ class Trainer:
         seed_everything(config.seed)
         if resume:
             # The saved config.json rebuilds the architecture offline (no BERT download).
-            self.model = from_pretrained(resume_dir).to(self.device)
+            self.model = from_pretrained(resume_dir, dtype=self._cast()).to(self.device)
         else:
+            # Built (and initialised) in float32, then cast: a float64 run starts from the
+            # float32 run's initial weights, exactly.
             self.model = build_model(config, data, bert=bert).to(self.device)
+            if self._cast() is not None:
+                self.model = self.model.to(dtype=self.dtype)
         check_region_policy(self.model, data)
         # What the optimisation step calls: the model, or DDP around the global-batch scorer.
         self.train_model: torch.nn.Module = self.model
@@ -136,6 +144,11 @@ class Trainer:
             self._load_state(resume_dir)
 
     # -- setup ---------------------------------------------------------------------------
+
+    def _cast(self) -> torch.dtype | None:
+        """The dtype models and batches are cast to; None for float32, where nothing is cast (the
+        models are built in float32 and the collated features are float32)."""
+        return None if self.dtype == torch.float32 else self.dtype
 
     def _amp_dtype(self) -> torch.dtype | None:
         if self.device.type != "cuda" or self.config.amp == "off":
@@ -285,7 +298,8 @@ class Trainer:
         return optimisation_step(self.train_model, self.optimizer, self.scaler, images, captions,
                                  self.config, lr=learning_rate(self.config, p.epoch, p.step,
                                                                self.warmup),
-                                 device=self.device, amp_dtype=self._amp_dtype(), step=p.step)
+                                 device=self.device, amp_dtype=self._amp_dtype(), step=p.step,
+                                 dtype=self._cast())
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``); returns a summary (best score, steps, seconds)."""

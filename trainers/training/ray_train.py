@@ -68,6 +68,7 @@ def run_workers(config: Any, regions: str | os.PathLike[str], captions: str | os
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from itmflow.config import to_dict
+    from trainers.training.config import check_precision
     from trainers.training.run_dir import RunDir
 
     out = Path(out).resolve()
@@ -85,6 +86,7 @@ def run_workers(config: Any, regions: str | os.PathLike[str], captions: str | os
     if not use_gpu and config.device.startswith("cuda"):
         raise ConfigError(f"--device {config.device} but no GPU per worker; give "
                           "--gpus-per-worker 1 (and a cluster with GPUs)")
+    check_precision(config, "cuda" if use_gpu else "cpu")  # the workers' loop checks it again
     resources = {"CPU": options.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus

@@ -8,31 +8,40 @@ import torch
 from torch import nn
 
 from trainers.losses import contrastive_loss as hinge
+from trainers.models.common import at_least_float32
 from trainers.training.config import TrainConfig
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device,
+               dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Move a batch to ``device``; with ``dtype``, floating tensors (features, geometry) are cast
+    to it (ids, lengths and masks are not)."""
+    return {k: v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+            for k, v in batch.items()}
 
 
 def contrastive_loss(scores: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """VSE++ hinge on the ``[B,B]`` scores (image rows, caption columns), summed over the batch."""
-    return hinge(scores.float(), margin=config.margin, max_violation=config.max_violation)
+    """VSE++ hinge on the ``[B,B]`` scores (image rows, caption columns), summed over the batch,
+    in float32 (float64 when the scores are float64: a ``dtype: float64`` run)."""
+    return hinge(at_least_float32(scores), margin=config.margin,
+                 max_violation=config.max_violation)
 
 
 def optimisation_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                       scaler: torch.amp.GradScaler, images: dict[str, torch.Tensor],
                       captions: dict[str, torch.Tensor], config: TrainConfig, *, lr: float,
                       device: torch.device, amp_dtype: torch.dtype | None = None,
-                      step: int = 0) -> float:
+                      step: int = 0, dtype: torch.dtype | None = None) -> float:
     """Forward, VSE++ loss, backward, clip to ``config.grad_clip``, Adam step; returns the loss.
 
     Every parameter group runs at ``lr × group['lr_scale']``. ``amp_dtype`` (CUDA only) runs the
-    forward pass under autocast; the loss is computed in float32.
+    forward pass under autocast; the loss is computed in at least float32. ``dtype`` (runs with
+    ``dtype: float64``) casts the batches' floating tensors to the model's dtype; None leaves them
+    as collated (float32 features).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    images, captions = _to_device(images, device), _to_device(captions, device)
+    images, captions = _to_device(images, device, dtype), _to_device(captions, device, dtype)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         scores = model(images, captions)
     loss = contrastive_loss(scores, config)
