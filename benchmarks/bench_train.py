@@ -223,7 +223,8 @@ def run_sgraf_variant(module: str, batch: int, variant: str, steps: int) -> dict
         "batch_size": batch, "model_config": {"vocab_size": SCAN_VOCAB}, "device": "cpu"})
     torch.manual_seed(0)
     net = SGRAF(SgrafConfig(module=module, vocab_size=SCAN_VOCAB)).train()
-    net.sim_enc.fast_training = True  # measures the length-grouped path (off by default, see sgraf.py)
+    # itmflow's default training path (the length-grouped ``train_scores``; recorded below).
+    fast_training = bool(net.sim_enc.fast_training)
     optimizer = make_optimizer(net, cfg)
     stepper = net if variant == "itmflow" else _original_model(net)
     images, captions = _batch("sgraf-sgr", batch)
@@ -245,6 +246,7 @@ def run_sgraf_variant(module: str, batch: int, variant: str, steps: int) -> dict
             "wall_s": med(walls), "cpu_s": med(cpus), "sys_s": med(syss),
             "minor_faults": med(faults), "wall_all": walls, "cpu_all": cpus,
             "first_loss": losses[0], "threads": torch.get_num_threads(),
+            "fast_training": fast_training,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -408,7 +410,22 @@ def main() -> None:
     if old_path.exists():
         previous = json.loads(old_path.read_text(encoding="utf-8"))
     old_rows = previous.get("results", [])
-    config = {"threads": args.threads or torch.get_num_threads(), "timed_steps": args.steps,
+    # Where and when the rows carried over from the previous file were measured (the file's
+    # top-level date and machine describe this run only).
+    earlier = {"date": previous.get("date"), "machine": previous.get("machine")}
+
+    def carried(part: dict | None) -> dict | None:
+        if isinstance(part, dict) and not {"measured_on", "measured"} & part.keys():
+            part = {**part, "measured_on": earlier}
+        return part
+
+    # Timed steps per batch (sgraf) and for teran, kept from the previous file for parts and
+    # batches not run now; whether the two variants ran at the same time is in each detail row.
+    timed = previous.get("config", {}).get("timed_steps")
+    timed = dict(timed) if isinstance(timed, dict) else {}
+    config = {"threads": args.threads or torch.get_num_threads(), "timed_steps": timed,
+              "concurrent": "details[].concurrent: true = both variants of a configuration at "
+                            "the same time, one core each (taskset); false = one after the other",
               "rounds": args.rounds, "regions": 36, "feature_dim": 2048,
               "caption_words": "11-17 (uniform), SGRAF", "load_average_1m_before": os.getloadavg()[0]}
     rows: list[dict] = []
@@ -421,6 +438,7 @@ def main() -> None:
     if "sgraf" in parts:
         batches = [int(b) for b in args.batches.split(",")]
         together = {int(b) for b in args.concurrent.split(",") if b}
+        timed.update({str(b): args.steps for b in batches})
         new, details = [], []
         for b in batches:
             r, d = compare("sgraf", [("SGR", b), ("SAF", b)], lambda _: args.steps, args.rounds,
@@ -430,14 +448,16 @@ def main() -> None:
         kept = [r for r in part_rows("sgraf") if r.get("batch") not in batches]
         rows += kept
         old_details = (previous.get("config", {}).get("sgraf") or {}).get("details", [])
-        details += [d for d in old_details if d["batch"] not in batches]
+        details += [d if "measured_on" in d else {**d, "measured_on": earlier}
+                    for d in old_details if d["batch"] not in batches]
         config["sgraf"] = {"sizes": "embed 1024, sim 256, word 300, bi-GRU, 36 regions of 2048-d, "
                            "vocab 11353 (the paper's)", "baseline": ORIGINAL, "details": details}
     else:
         rows += part_rows("sgraf")
-        config["sgraf"] = previous.get("config", {}).get("sgraf")
+        config["sgraf"] = carried(previous.get("config", {}).get("sgraf"))
     if "teran" in parts:
         configs = [("TERAN-MrSw", b) for b in TERAN_BATCHES]
+        timed["teran"] = max(args.steps, 3)
         new, details = compare("teran", configs, lambda b: max(args.steps, 3), args.rounds,
                                args.threads)
         rows += [{**r, "part": "teran"} for r in new]
@@ -445,7 +465,7 @@ def main() -> None:
                            "36 regions, 8-14 words", "details": details}
     else:
         rows += part_rows("teran")
-        config["teran"] = previous.get("config", {}).get("teran")
+        config["teran"] = carried(previous.get("config", {}).get("teran"))
     if "steps" in parts:
         device = resolve_device(args.device)
         details = []
@@ -483,7 +503,7 @@ def main() -> None:
             old_steps = {k: old.get(k) for k in ("device", "cpu_batch", "details", "bert",
                                                   "load_average_1m", "threads")}
             old_steps["measured"] = previous.get("date")
-        config["full_steps"] = old_steps
+        config["full_steps"] = carried(old_steps)
     config["load_average_1m_after"] = os.getloadavg()[0]
     write_result("train", config, rows)
 
