@@ -31,6 +31,10 @@ class TokenizerError(ItmflowError):
     """A tokenizer or word vocabulary cannot be loaded or applied."""
 
 
+class ClusterError(ItmflowError):
+    """Ray cannot be started here (an embedded local Ray), or does not run as asked."""
+
+
 class StoreError(ItmflowError):
     """A region or caption store cannot be opened, written or used as asked."""
 

@@ -58,6 +58,11 @@ def check_reachable(address: str, timeout: float) -> None:
             "--address out for an embedded local Ray") from None
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (Ray's can span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @dataclass
 class ClusterInfo:
     """What the job learned about the Ray it runs on."""
@@ -151,10 +156,17 @@ def ray_session(address: str | None, *, num_cpus: int | None = None,
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                          object_store_memory=object_store, log_to_driver=False,
                          logging_level="ERROR", configure_logging=False)
-            except BaseException:  # a signal (or an error) while Ray starts: stop what it started
+            except BaseException as exc:  # a signal or an error while Ray starts: stop what it started
                 with contextlib.suppress(Exception):
                     ray.shutdown()
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                from itmflow.errors import ClusterError
+
+                raise ClusterError(
+                    f"could not start a local Ray ({_one_line(exc)}); check RAY_TMPDIR (its socket paths must "
+                    "stay under 108 bytes) and free space in /dev/shm, or start Ray with `ray start --head` "
+                    "and pass --address") from None
         owned = True
     try:
         resources = ray.cluster_resources()

@@ -10,8 +10,10 @@ import os
 import resource
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -315,10 +317,9 @@ def test_each_part_records_the_worker_shape_and_inspect_shows_it(tmp_path, six_c
 def test_signal_while_ray_starts_is_one_line_too(tmp_path, six_collection, sig, code):
     """A stop signal while ``ray.init`` is starting the embedded Ray: for SIGTERM that is Ray's own
     handler (``sys.exit(15)``), which used to end the run with exit 15 and no word. The signal is
-    sent as soon as Ray's session directory appears (RAY_TMPDIR points it into tmp_path), before
+    sent as soon as Ray's session directory appears (RAY_TMPDIR points it into a short fresh directory), before
     the driver has finished starting Ray (it prints "Ray logs:" after)."""
-    ray_tmp = tmp_path / "rt"
-    ray_tmp.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths < 108 bytes
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "extract", str(six_collection), "--out", str(out), *TINY_CLI,
            "--batch-size", "2", "--part-size", "2", "--num-cpus", "2"]
@@ -337,8 +338,26 @@ def test_signal_while_ray_starts_is_one_line_too(tmp_path, six_collection, sig, 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     text = stdout + stderr
     assert "Ray logs" not in text, "the signal came after Ray had started: the test did not hit its window"
     assert proc.returncode == code, text[-3000:]
     assert "Traceback" not in text and "***" not in text, text[-3000:]
     assert stderr.strip().splitlines()[-1] == "interrupted: 0 images committed; rerun the same command to resume"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_local_ray_that_cannot_start_is_one_line(tmp_path, six_collection):
+    """ray.init failing (here: RAY_TMPDIR so deep that Ray's Unix socket paths exceed 107 bytes)
+    ends with one line naming the cause and what to do, exit 1, not Ray's traceback."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pipeline", "extract", str(six_collection), "--out", str(tmp_path / "store"),
+           *TINY_CLI, "--batch-size", "2", "--num-cpus", "2"]
+    env = {k: v for k, v in ENV.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(deep)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: could not start a local Ray (") and "108 bytes" in line and "--address" in line, line
