@@ -14,7 +14,6 @@ get right — from float32 rounding; the float64 runs start from the float32 ini
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from trainers.training import train
 from trainers.training.config import TrainConfig, build_config
 from trainers.training.distributed import DistributedOptions, split_sizes
+from tests._support.runs import losses
 
 NO_DROPOUT_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
                    "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
@@ -98,15 +98,6 @@ def relative_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
             diff[layer] = diff.get(layer, 0.0) + float((x - y).pow(2).sum())
             norm[layer] = norm.get(layer, 0.0) + float(y.pow(2).sum())
     return {layer: (diff[layer] / max(norm[layer], 1e-24)) ** 0.5 for layer in diff}
-
-
-def losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "train":
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 _RUNS: dict[str, Path] = {}

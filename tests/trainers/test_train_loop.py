@@ -15,6 +15,7 @@ from itmflow.errors import ConfigError
 from tests._support.tiny_bert import tiny_bert
 from trainers.training.config import TrainConfig, build_config, learning_rate
 from trainers.training import Trainer, train
+from tests._support.runs import losses
 
 TINY_BERT = tiny_bert(max_position_embeddings=64, type_vocab_size=2)
 TINY = {
@@ -34,15 +35,6 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(run / "last" / "model.safetensors"))
-
-
-def losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "train":
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 @pytest.mark.slow
