@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -136,6 +137,36 @@ def _join(address: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
+def _signals_not_swallowed() -> Iterator[None]:
+    """Re-raise, at the end of the block, a signal's exception that Python had to drop inside it.
+
+    A signal handler's exception (``SystemExit`` from the SIGTERM handler ``ray.init`` installs,
+    ``KeyboardInterrupt``, extract's stop) is raised wherever the main thread is when the signal
+    arrives; inside a finalizer or an at-fork hook (``ray.init`` forks, and ``logging`` releases
+    its lock after a fork) Python cannot raise it and only prints "Exception ignored in ...":
+    seen here, the SIGTERM was lost and the run went on. Such exceptions reach
+    ``sys.unraisablehook``; this keeps them (others go to the previous hook) and raises the first.
+    """
+    dropped: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def keep(unraisable: "sys.UnraisableHookArgs") -> None:
+        exc = unraisable.exc_value
+        if exc is not None and not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt, a stop
+            dropped.append(exc)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = keep
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+    if dropped:
+        raise dropped[0]
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None, *, num_cpus: int | None = None,
                 object_store: int | None = None,
                 connect_timeout: float = CONNECT_TIMEOUT_S) -> Iterator[ClusterInfo]:
@@ -153,9 +184,10 @@ def ray_session(address: str | None, *, num_cpus: int | None = None,
             for key, value in _QUIET_ENV.items():
                 os.environ.setdefault(key, value)
             try:
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                         object_store_memory=object_store, log_to_driver=False,
-                         logging_level="ERROR", configure_logging=False)
+                with _signals_not_swallowed():
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                             object_store_memory=object_store, log_to_driver=False,
+                             logging_level="ERROR", configure_logging=False)
             except BaseException as exc:  # a signal or an error while Ray starts: stop what it started
                 with contextlib.suppress(Exception):
                     ray.shutdown()
