@@ -79,10 +79,7 @@ class Block:
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i`` as the contract's dict (arrays are views into the block)."""
-        if self.features is None:
-            return self._row(i, self.feature_rows[i])  # type: ignore[index]
-        offsets = self._scalars()[0]
-        return self._row(i, self.features[offsets[i]:offsets[i + 1]])
+        return self._row(i, self._features(i))
 
     def _row(self, i: int, features: np.ndarray) -> dict[str, Any]:
         offsets, width, height, counts = self._scalars()

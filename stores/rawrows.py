@@ -107,7 +107,7 @@ class RawRows:
 
     def __call__(self, i: int) -> np.ndarray:
         buf = np.empty(self.nbytes, dtype=np.uint8)
-        self._fill([buf], i)
+        self._fill_rows([buf], i)
         self.check(buf, i)
         return self.view(buf)
 
@@ -121,7 +121,7 @@ class RawRows:
         if self.checksums is None:
             return
         want = self.checksums[i]
-        if not self._words or int(buf.view(_WORD).sum()) != want:
+        if not self._words or int(_SUM(buf.reshape(-1).view(_WORD))) != want:
             check_row(self.path, i, buf, want)  # the general sum; raises naming store, part and row
 
     def in_order(self, start: int, stop: int, per_call: int) -> Iterator[np.ndarray]:
@@ -166,26 +166,15 @@ class RawRows:
                 pass
 
     def _preadv_in_order(self, start: int, stop: int, per_call: int) -> Iterator[np.ndarray]:
-        offsets, nbytes, shape, dtype = self.offsets, self.nbytes, self.shape, self.dtype
-        sums = self.checksums
-        # The sum is taken on the row itself when its last axis is whole words (always at D=2048).
-        fast = sums is not None and (shape[-1] * np.dtype(dtype).itemsize) % 8 == 0 if shape else False
         for a in range(start, stop, per_call):
-            b = min(stop, a + per_call)
-            bufs = [np.empty(shape, dtype) for _ in range(b - a)]
-            if offsets[b - 1] - offsets[a] == (b - 1 - a) * nbytes:  # back to back: one call
-                self._pread(bufs, offsets[a], f"rows {a}-{b - 1}")
-            else:
-                for i, j in contiguous_runs(offsets, nbytes, a, b):
-                    self._pread(bufs[i - a:j - a], offsets[i], f"rows {i}-{j - 1}")
+            bufs = [np.empty(self.shape, self.dtype) for _ in range(min(stop, a + per_call) - a)]
+            self._fill_rows(bufs, a)
             bufs.reverse()
-            for i in range(a, b):
+            i = a
+            while bufs:
                 buf = bufs.pop()  # popped: a row handed out is no longer held here
-                if fast:
-                    if int(_SUM(buf.view(_WORD), axis=None)) != sums[i]:  # type: ignore[index]
-                        check_row(self.path, i, buf, sums[i])  # type: ignore[index]
-                elif sums is not None:
-                    check_row(self.path, i, buf, sums[i])
+                self.check(buf, i)
+                i += 1
                 yield buf
 
     def read(self, start: int, stop: int) -> list[np.ndarray]:
@@ -200,9 +189,14 @@ class RawRows:
         """The bytes of rows ``start:stop`` (uint8, one array each), not yet checked: pass each to
         :meth:`check` before use."""
         bufs = [np.empty(self.nbytes, dtype=np.uint8) for _ in range(stop - start)]
-        for i, j in contiguous_runs(self.offsets, self.nbytes, start, stop):
-            self._pread(bufs[i - start:j - start], self.offsets[i], f"rows {i}-{j - 1}")
+        self._fill_rows(bufs, start)
         return bufs
+
+    def _fill_rows(self, bufs: list[np.ndarray], start: int) -> None:
+        """Read rows ``start:start + len(bufs)`` into ``bufs``, one ``preadv`` per run of rows that
+        lie back to back in the file."""
+        for i, j in contiguous_runs(self.offsets, self.nbytes, start, start + len(bufs)):
+            self._pread(bufs[i - start:j - start], self.offsets[i], f"rows {i}-{j - 1}")
 
     def read_span(self, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
         """``count`` values of ``dtype`` at byte ``offset`` of the same file (a contiguous dataset)."""
@@ -210,9 +204,6 @@ class RawRows:
         if out.nbytes:
             self._pread([out], offset, f"{out.nbytes} bytes")
         return out
-
-    def _fill(self, bufs: list[np.ndarray], i: int) -> None:
-        self._pread(bufs, self.offsets[i], f"rows {i}-{i + len(bufs) - 1}")
 
     def _pread(self, bufs: list[np.ndarray], offset: int, what: str) -> None:
         fd = self._fd if self._pid == os.getpid() else self._descriptor()

@@ -20,6 +20,10 @@ from stores.manifest import load_manifest
 from stores.schema import StoreSettings
 
 
+#: Rows per columnar block where a part is read in blocks (variable K; a fixed-K part is one block).
+ROWS_PER_BLOCK = 256
+
+
 class RegionStoreReader:
     """A committed region store. Use :func:`open_region_store`."""
 
@@ -92,11 +96,11 @@ class RegionStoreReader:
         """Number of committed parts."""
         return len(self._parts)
 
-    def part_blocks(self, p: int, rows_per_block: int = 256) -> Iterator[Any]:
+    def part_blocks(self, p: int, rows_per_block: int = ROWS_PER_BLOCK) -> Iterator[Any]:
         """Columnar blocks (:class:`stores.block.Block`) of part ``p`` in order."""
         yield from self._part(p).blocks(rows_per_block)
 
-    def blocks(self, rows_per_block: int = 256) -> Iterator[Any]:
+    def blocks(self, rows_per_block: int = ROWS_PER_BLOCK) -> Iterator[Any]:
         """Columnar blocks in commit order, each with its part index: ``(p, block)``.
 
         While one block is consumed, a helper thread reads the next (pyarrow's decode and ``pread``
@@ -115,7 +119,7 @@ class RegionStoreReader:
         # The rows' dicts (less their features) are made by the read-ahead thread too (~1 µs per
         # row), mostly while this thread waits in ``preadv`` with the GIL released.
         for block, templates in _read_ahead((block, block.row_templates())
-                                            for _, block in self._blocks_in_order(256)):
+                                            for _, block in self._blocks_in_order(ROWS_PER_BLOCK)):
             yield from block.rows(templates)
 
     def read_features(self, ids: Iterable[str]) -> np.ndarray:
